@@ -1,0 +1,1 @@
+//! botsim: not built yet.

@@ -1,0 +1,1 @@
+//! testkit: not built yet.
