@@ -1,3 +1,5 @@
-//! The `tgingest` binary (its command line arrives with the runtime skeleton).
+//! The `tgingest` binary: parses the command line and runs one subcommand (see `tgingest --help`).
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    tgingest::cli::main()
+}

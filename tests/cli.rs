@@ -1,0 +1,183 @@
+//! The `tgingest` binary's command line, run as a user runs it: help, version, and
+//! `--check-config` for every subcommand, including the one-line errors for bad settings.
+
+use std::process::{Command, Output};
+
+const SUBCOMMANDS: [&str; 7] = [
+    "producer", "consumer", "migrate", "replay", "dlq", "status", "demo",
+];
+
+/// Runs the binary with a clean environment plus `env`.
+fn tgingest(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tgingest"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running tgingest")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const FULL_ENV: [(&str, &str); 3] = [
+    (
+        "DATABASE_URL",
+        "postgres://ingest:pa55word@db.internal:5432/telegram",
+    ),
+    ("KAFKA_BROKERS", "kafka-0:9092,kafka-1:9092"),
+    ("TELEGRAM_BOT_TOKENS", "123456:AAE-secretpart_xyz"),
+];
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = tgingest(&["--help"], &[]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for sub in SUBCOMMANDS {
+        assert!(
+            text.contains(&format!("  {sub}")),
+            "--help lacks {sub}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = tgingest(&["--version"], &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("tgingest {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn every_subcommand_accepts_check_config_with_a_complete_configuration() {
+    for sub in SUBCOMMANDS {
+        let out = tgingest(&[sub, "--check-config"], &FULL_ENV);
+        assert!(
+            out.status.success(),
+            "{sub} --check-config failed: {}",
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).contains("configuration OK"),
+            "{sub}: {}",
+            stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn a_missing_setting_exits_2_with_one_line_naming_it() {
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
+        (
+            "producer",
+            &[
+                ("KAFKA_BROKERS", "k:9092"),
+                ("TELEGRAM_BOT_TOKENS", "1:a"),
+                ("PRODUCER_MODE", "webhook"),
+            ],
+            "TELEGRAM_WEBHOOK_SECRET",
+        ),
+        ("consumer", &[("KAFKA_BROKERS", "k:9092")], "DATABASE_URL"),
+        (
+            "consumer",
+            &[("DATABASE_URL", "postgres://u@h/db")],
+            "KAFKA_BROKERS",
+        ),
+        (
+            "producer",
+            &[("KAFKA_BROKERS", "k:9092")],
+            "TELEGRAM_BOT_TOKENS",
+        ),
+        (
+            "producer",
+            &[
+                ("KAFKA_BROKERS", "k:9092"),
+                ("TELEGRAM_BOT_TOKENS", "1:a"),
+                ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ],
+            "KAFKA_SASL_MECHANISM",
+        ),
+    ];
+    for (sub, env, setting) in cases {
+        let out = tgingest(&[sub, "--check-config"], env);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{sub} {setting}: {}",
+            stderr(&out)
+        );
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "not one line: {err}");
+        assert!(
+            err.starts_with(&format!("error: invalid configuration: {setting}: ")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn configuration_errors_never_echo_secrets() {
+    let secrets_env = [
+        ("DATABASE_URL", "mysql://ingest:pa55word@db/telegram"),
+        ("KAFKA_BROKERS", "k:9092"),
+        (
+            "TELEGRAM_BOT_TOKENS",
+            "123456:AAE-secretpart_xyz,bad token here",
+        ),
+    ];
+    for sub in ["consumer", "producer", "migrate"] {
+        let out = tgingest(&[sub, "--check-config"], &secrets_env);
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        for secret in ["pa55word", "secretpart", "bad token"] {
+            assert!(!all.contains(secret), "{sub} printed {secret:?}: {all}");
+        }
+    }
+}
+
+#[test]
+fn secrets_are_read_from_files_named_by_the_file_variables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url_file = dir.path().join("database_url");
+    std::fs::write(&url_file, "postgres://u:pw@h:5432/db\n").expect("write");
+    let out = tgingest(
+        &["migrate", "--check-config"],
+        &[("DATABASE_URL_FILE", url_file.to_str().expect("utf-8 path"))],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = tgingest(
+        &["migrate", "--check-config"],
+        &[("DATABASE_URL_FILE", "/nonexistent/database_url")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("DATABASE_URL_FILE"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_unknown_kafka_client_option_is_caught_by_check_config() {
+    let mut env = FULL_ENV.to_vec();
+    env.push((
+        "KAFKA_CLIENT_OPTIONS",
+        "socket.keepalive.enable=true,bogus.option=1",
+    ));
+    let out = tgingest(&["consumer", "--check-config"], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("bogus.option"), "{}", stderr(&out));
+}
