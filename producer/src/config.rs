@@ -1,0 +1,343 @@
+//! The producer's configuration, built by the caller (the CLI, a test, the demo).
+//!
+//! Library code never reads the environment: every setting arrives here. Secrets (bot tokens, the
+//! webhook secret, passwords inside the Kafka client configuration) are never printed: `Debug`
+//! shows counts and non-secret settings only. [`ProducerConfig::validate`] checks the cross-field
+//! rules (a client timeout longer than the long poll, a limit Telegram accepts) before anything
+//! touches the network.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use secrecy::SecretString;
+use url::Url;
+
+/// Every update kind the Bot API knows, including the three Telegram leaves out unless a bot asks
+/// for them (`chat_member`, `message_reaction`, `message_reaction_count`).
+pub const ALL_UPDATE_KINDS: &[&str] = &[
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "business_connection",
+    "business_message",
+    "edited_business_message",
+    "deleted_business_messages",
+    "message_reaction",
+    "message_reaction_count",
+    "inline_query",
+    "chosen_inline_result",
+    "callback_query",
+    "shipping_query",
+    "pre_checkout_query",
+    "purchased_paid_media",
+    "poll",
+    "poll_answer",
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+    "chat_boost",
+    "removed_chat_boost",
+    "managed_bot",
+    "guest_message",
+];
+
+/// The Bot API's default server.
+pub const TELEGRAM_API_URL: &str = "https://api.telegram.org";
+
+/// Everything [`crate::run`] needs.
+pub struct ProducerConfig {
+    /// Base URL of the Bot API (`https://api.telegram.org`, a local Bot API server, a test double).
+    pub api_url: Url,
+    /// One token per bot; bots are named by position (`bot #1`, …) in every message.
+    pub tokens: Vec<SecretString>,
+    /// Long polling or webhook.
+    pub mode: IntakeMode,
+    /// The topic updates are published to; it must exist.
+    pub topic: String,
+    /// Kafka client settings from the caller (bootstrap servers, security). The producer adds
+    /// idempotence, `acks=all`, compression, `message.max.bytes` and the delivery timeout.
+    pub client: ClientConfig,
+    /// Largest record the producer sends; larger updates become `tg-error` envelopes.
+    pub message_max_bytes: usize,
+    /// `compression.type` (`zstd`, `lz4`, `gzip`, `snappy` or `none`).
+    pub compression: String,
+    /// How long one publish attempt may take (`message.timeout.ms`). A failed attempt is retried
+    /// (polling) or answered 5xx (webhook).
+    pub delivery_timeout: Duration,
+    /// Backoff after transient Telegram or Kafka failures.
+    pub backoff: BackoffPolicy,
+}
+
+impl ProducerConfig {
+    /// A configuration with the documented defaults: long polling with a 25 s poll over every
+    /// update kind, zstd, 1 MB records, 30 s delivery timeout.
+    pub fn new(
+        api_url: Url,
+        tokens: Vec<SecretString>,
+        topic: String,
+        client: ClientConfig,
+    ) -> Self {
+        Self {
+            api_url,
+            tokens,
+            mode: IntakeMode::Polling(PollingConfig::default()),
+            topic,
+            client,
+            message_max_bytes: 1_000_000,
+            compression: "zstd".to_owned(),
+            delivery_timeout: Duration::from_secs(30),
+            backoff: BackoffPolicy::default(),
+        }
+    }
+
+    /// Checks the rules that span fields; the error names the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tokens.is_empty() {
+            return Err(ConfigError(
+                "tokens: at least one bot token is required".into(),
+            ));
+        }
+        if self.topic.is_empty() {
+            return Err(ConfigError("topic: must not be empty".into()));
+        }
+        if self.message_max_bytes < 4096 {
+            return Err(ConfigError(
+                "message_max_bytes: must be at least 4096".into(),
+            ));
+        }
+        if self.delivery_timeout < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "delivery_timeout: must be at least 100 ms".into(),
+            ));
+        }
+        if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
+            return Err(ConfigError(
+                "backoff: initial must be positive and not above max".into(),
+            ));
+        }
+        match &self.mode {
+            IntakeMode::Polling(polling) => {
+                if !(1..=100).contains(&polling.limit) {
+                    return Err(ConfigError("polling.limit: must be 1..=100".into()));
+                }
+                if polling.request_timeout() <= polling.timeout {
+                    return Err(ConfigError(
+                        "polling.request_timeout: must be longer than the long-poll timeout".into(),
+                    ));
+                }
+            }
+            IntakeMode::Webhook(webhook) => {
+                if let Some(url) = &webhook.public_url
+                    && url.cannot_be_a_base()
+                {
+                    return Err(ConfigError("webhook.public_url: not a base URL".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ProducerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // ClientConfig's Debug prints every property, passwords included.
+        f.debug_struct("ProducerConfig")
+            .field("api_url", &self.api_url.as_str())
+            .field("bots", &self.tokens.len())
+            .field("mode", &self.mode)
+            .field("topic", &self.topic)
+            .field(
+                "bootstrap.servers",
+                &self.client.get("bootstrap.servers").unwrap_or(""),
+            )
+            .field("message_max_bytes", &self.message_max_bytes)
+            .field("compression", &self.compression)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
+}
+
+/// How updates arrive.
+#[derive(Debug)]
+pub enum IntakeMode {
+    /// `getUpdates` long polling: one poller per bot (Telegram allows one per token).
+    Polling(PollingConfig),
+    /// Telegram POSTs updates to `POST {listen}/webhook/{bot_id}`; scales horizontally.
+    Webhook(WebhookConfig),
+}
+
+/// Long-polling settings.
+#[derive(Debug, Clone)]
+pub struct PollingConfig {
+    /// The `timeout` parameter of getUpdates (how long Telegram holds an empty poll).
+    pub timeout: Duration,
+    /// The `limit` parameter (1..=100).
+    pub limit: u8,
+    /// The `allowed_updates` parameter, always sent explicitly.
+    pub allowed_updates: Vec<String>,
+    /// The HTTP client's timeout for one getUpdates; `None` = long-poll timeout + 10 s.
+    pub request_timeout: Option<Duration>,
+}
+
+impl PollingConfig {
+    /// The HTTP timeout actually used for one getUpdates request.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+            .unwrap_or(self.timeout + Duration::from_secs(10))
+    }
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(25),
+            limit: 100,
+            allowed_updates: all_update_kinds(),
+            request_timeout: None,
+        }
+    }
+}
+
+/// Webhook settings.
+pub struct WebhookConfig {
+    /// Address the webhook endpoint listens on.
+    pub listen: SocketAddr,
+    /// When set, `setWebhook` is called at startup with `{public_url}/webhook/{bot_id}`, the secret
+    /// and `allowed_updates`; when absent, the webhook is assumed registered by the operator.
+    pub public_url: Option<Url>,
+    /// Expected `X-Telegram-Bot-Api-Secret-Token` value.
+    pub secret_token: SecretString,
+    /// `allowed_updates` sent with `setWebhook`.
+    pub allowed_updates: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// A webhook listening on `listen`, not registering itself, allowing every update kind.
+    pub fn new(listen: SocketAddr, secret_token: SecretString) -> Self {
+        Self {
+            listen,
+            public_url: None,
+            secret_token,
+            allowed_updates: all_update_kinds(),
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url.as_ref().map(Url::as_str))
+            .field("secret_token", &"<redacted>")
+            .field("allowed_updates", &self.allowed_updates)
+            .finish()
+    }
+}
+
+/// Capped exponential backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct BackoffPolicy {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A configuration rule was broken; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// [`ALL_UPDATE_KINDS`] as owned strings.
+pub fn all_update_kinds() -> Vec<String> {
+    ALL_UPDATE_KINDS.iter().map(|k| (*k).to_owned()).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config() -> ProducerConfig {
+        ProducerConfig::new(
+            TELEGRAM_API_URL.parse().unwrap(),
+            vec![SecretString::from("1:a".to_owned())],
+            "tg.updates".to_owned(),
+            ClientConfig::new(),
+        )
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_ask_for_every_kind() {
+        let config = config();
+        config.validate().unwrap();
+        let IntakeMode::Polling(polling) = &config.mode else {
+            panic!("polling is the default");
+        };
+        assert!(polling.allowed_updates.iter().any(|k| k == "chat_member"));
+        assert!(polling.request_timeout() > polling.timeout);
+    }
+
+    #[test]
+    fn a_client_timeout_not_longer_than_the_long_poll_is_refused() {
+        let mut config = config();
+        config.mode = IntakeMode::Polling(PollingConfig {
+            timeout: Duration::from_secs(30),
+            request_timeout: Some(Duration::from_secs(30)),
+            ..PollingConfig::default()
+        });
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("polling.request_timeout"), "{error}");
+    }
+
+    #[test]
+    fn a_limit_outside_telegrams_range_is_refused() {
+        let mut config = config();
+        config.mode = IntakeMode::Polling(PollingConfig {
+            limit: 0,
+            ..PollingConfig::default()
+        });
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("polling.limit")
+        );
+    }
+
+    #[test]
+    fn no_token_is_refused_and_debug_output_shows_no_secret() {
+        let mut config = config();
+        config.client.set("sasl.password", "hunter2");
+        config.mode = IntakeMode::Webhook(WebhookConfig::new(
+            "127.0.0.1:8443".parse().unwrap(),
+            SecretString::from("whsecret".to_owned()),
+        ));
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("whsecret") && !shown.contains("1:a"),
+            "{shown}"
+        );
+        config.tokens.clear();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("tokens")
+        );
+    }
+}

@@ -1,0 +1,531 @@
+//! From one update's bytes to the Kafka record that carries them (DESIGN.md §3).
+//!
+//! The value of a record is always the update's bytes exactly as Telegram sent them. Only the key
+//! and the headers are derived, by a light inspection that never decodes string contents, so
+//! `\u0000` and lone surrogate escapes (real Telegram content that a `String` refuses) never make
+//! an update unreadable. Bytes that are not a JSON object with an integer `update_id`, and updates
+//! too large for the broker, become a small JSON envelope with a `tg-error` header instead, so they
+//! reach the topic (and, downstream, the dead letters) rather than blocking the confirm.
+//!
+//! Envelope value (a JSON object):
+//!
+//! ```json
+//! {"tg_error": {"reason": "not_an_update", "detail": "…", "original_size": 17},
+//!  "original": "<the original bytes as a JSON string, when they are UTF-8 and fit>"}
+//! ```
+//!
+//! `original_hex` replaces `original` for bytes that are not UTF-8 (webhook bodies only). The
+//! `tg-error` header holds `"{reason}: {detail}"`; `tg-original-size` the original length.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// librdkafka counts the record batch and record framing against `message.max.bytes` (about 61 +
+/// 21 bytes plus varints); a round margin keeps the pre-check on the safe side of its own check.
+const FRAMING_MARGIN: usize = 512;
+
+/// `tg-update-type` of an object that has an `update_id` and nothing else.
+const NO_KIND: &str = "unknown";
+
+/// Why bytes could not be published as an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvelopeReason {
+    /// Not JSON at all (only possible for webhook bodies).
+    NotJson,
+    /// JSON, but not an object with an integer `update_id`.
+    NotAnUpdate,
+    /// Larger than the producer's `message.max.bytes`.
+    TooLarge,
+}
+
+impl EnvelopeReason {
+    /// The reason's name as it appears in the envelope and the `tg-error` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotJson => "not_json",
+            Self::NotAnUpdate => "not_an_update",
+            Self::TooLarge => "too_large",
+        }
+    }
+}
+
+/// What the inspection learned about one update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateInfo {
+    /// The update's integer id.
+    pub update_id: i64,
+    /// The first key other than `update_id` (`"unknown"` when there is none).
+    pub kind: String,
+    /// Whom the update is about, for the partition key.
+    pub subject: Subject,
+}
+
+/// The entity an update belongs to: its chat when it has one, else its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// The chat id, as its JSON integer text (never reformatted, so any size survives).
+    Chat(String),
+    /// The user id, as its JSON integer text.
+    User(String),
+    /// Neither (e.g. `poll`).
+    Bot,
+}
+
+/// Inspects raw bytes: `Ok` for a JSON object with an integer `update_id`, else why not.
+pub fn inspect(raw: &[u8]) -> Result<UpdateInfo, (EnvelopeReason, String)> {
+    let text = std::str::from_utf8(raw).map_err(|e| {
+        (
+            EnvelopeReason::NotJson,
+            format!("not UTF-8 (first bad byte at {})", e.valid_up_to()),
+        )
+    })?;
+    let header = serde_json::from_str::<ObjectHeader<'_>>(text).map_err(|e| {
+        let reason = if e.is_data() {
+            EnvelopeReason::NotAnUpdate
+        } else {
+            EnvelopeReason::NotJson
+        };
+        (reason, e.to_string())
+    })?;
+    let update_id = match header.update_id {
+        Some(Some(id)) => id,
+        Some(None) => {
+            return Err((
+                EnvelopeReason::NotAnUpdate,
+                "update_id is not an integer".to_owned(),
+            ));
+        }
+        None => {
+            return Err((
+                EnvelopeReason::NotAnUpdate,
+                "the object has no update_id".to_owned(),
+            ));
+        }
+    };
+    let (kind, subject) = match header.kind {
+        Some((kind, body)) => (kind, subject_of(body)),
+        None => (NO_KIND.to_owned(), Subject::Bot),
+    };
+    Ok(UpdateInfo {
+        update_id,
+        kind,
+        subject,
+    })
+}
+
+/// The Kafka key of an update: `"{bot}:{chat}"`, `"{bot}:u{user}"` or `"{bot}"`.
+pub fn partition_key(bot_id: i64, subject: &Subject) -> String {
+    match subject {
+        Subject::Chat(chat) => format!("{bot_id}:{chat}"),
+        Subject::User(user) => format!("{bot_id}:u{user}"),
+        Subject::Bot => bot_id.to_string(),
+    }
+}
+
+/// One record ready for the topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRecord {
+    /// The partition key.
+    pub key: String,
+    /// The value: the update's bytes, or an envelope.
+    pub value: Vec<u8>,
+    /// Header names and values, in order.
+    pub headers: Vec<(&'static str, String)>,
+    /// The update id, when the bytes carry one (envelopes of oversized updates keep it).
+    pub update_id: Option<i64>,
+    /// The update kind (`"unknown"` for an envelope that has none).
+    pub kind: String,
+    /// Why this record is an envelope, if it is one.
+    pub envelope: Option<EnvelopeReason>,
+}
+
+/// Builds the record for one update's bytes received for `bot_id` at `received_at_ms`.
+pub fn record_for(
+    bot_id: i64,
+    raw: &[u8],
+    received_at_ms: i64,
+    message_max_bytes: usize,
+) -> OutgoingRecord {
+    match inspect(raw) {
+        Ok(info) => {
+            let key = partition_key(bot_id, &info.subject);
+            let headers = vec![
+                ("tg-bot-id", bot_id.to_string()),
+                ("tg-update-id", info.update_id.to_string()),
+                ("tg-update-type", info.kind.clone()),
+                ("tg-received-at", received_at_ms.to_string()),
+                ("content-type", "application/json".to_owned()),
+            ];
+            let record = OutgoingRecord {
+                key,
+                value: raw.to_vec(),
+                headers,
+                update_id: Some(info.update_id),
+                kind: info.kind,
+                envelope: None,
+            };
+            if fits(&record, message_max_bytes) {
+                record
+            } else {
+                let detail = format!(
+                    "{} bytes exceed message.max.bytes {message_max_bytes}",
+                    raw.len()
+                );
+                envelope_for(
+                    &record,
+                    raw,
+                    EnvelopeReason::TooLarge,
+                    &detail,
+                    message_max_bytes,
+                )
+            }
+        }
+        Err((reason, detail)) => {
+            let base = OutgoingRecord {
+                key: bot_id.to_string(),
+                value: Vec::new(),
+                headers: vec![
+                    ("tg-bot-id", bot_id.to_string()),
+                    ("tg-received-at", received_at_ms.to_string()),
+                ],
+                update_id: None,
+                kind: NO_KIND.to_owned(),
+                envelope: None,
+            };
+            envelope_for(&base, raw, reason, &detail, message_max_bytes)
+        }
+    }
+}
+
+/// Turns `record` (whose original bytes are `raw`) into an envelope, keeping its key, its update
+/// id and its headers. Used up front and when the broker or librdkafka refuses the size.
+pub fn envelope_for(
+    record: &OutgoingRecord,
+    raw: &[u8],
+    reason: EnvelopeReason,
+    detail: &str,
+    message_max_bytes: usize,
+) -> OutgoingRecord {
+    let mut headers: Vec<(&'static str, String)> = record
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != "content-type")
+        .cloned()
+        .collect();
+    headers.push(("content-type", "application/json".to_owned()));
+    headers.push(("tg-error", format!("{}: {detail}", reason.as_str())));
+    headers.push(("tg-original-size", raw.len().to_string()));
+    let summary = serde_json::json!({
+        "reason": reason.as_str(),
+        "detail": detail,
+        "original_size": raw.len(),
+    });
+    let mut out = OutgoingRecord {
+        key: record.key.clone(),
+        value: serde_json::json!({ "tg_error": summary })
+            .to_string()
+            .into_bytes(),
+        headers,
+        update_id: record.update_id,
+        kind: record.kind.clone(),
+        envelope: Some(reason),
+    };
+    let with_original = match std::str::from_utf8(raw) {
+        Ok(text) => serde_json::json!({ "tg_error": summary, "original": text }),
+        Err(_) => serde_json::json!({ "tg_error": summary, "original_hex": hex(raw) }),
+    };
+    let candidate = with_original.to_string().into_bytes();
+    let bare = std::mem::replace(&mut out.value, candidate);
+    if !fits(&out, message_max_bytes) {
+        out.value = bare;
+    }
+    out
+}
+
+/// Whether librdkafka will accept the record under `message.max.bytes`.
+pub(crate) fn fits(record: &OutgoingRecord, message_max_bytes: usize) -> bool {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 4)
+        .sum();
+    record.value.len() + record.key.len() + headers + FRAMING_MARGIN <= message_max_bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+/// The chat or user an update's body names: `chat`, `message.chat` (callback queries),
+/// `voter_chat` (anonymous poll answers), then `from`, then `user`. Anything unexpected in the
+/// shape only costs the finer key, never the update.
+fn subject_of(body: &RawValue) -> Subject {
+    let Ok(body) = serde_json::from_str::<Body<'_>>(body.get()) else {
+        return Subject::Bot;
+    };
+    let chat = body
+        .chat
+        .and_then(|c| c.id())
+        .or_else(|| body.message.and_then(|m| m.chat).and_then(|c| c.id()))
+        .or_else(|| body.voter_chat.and_then(|c| c.id()));
+    if let Some(chat) = chat {
+        return Subject::Chat(chat);
+    }
+    match body
+        .from
+        .and_then(|u| u.id())
+        .or_else(|| body.user.and_then(|u| u.id()))
+    {
+        Some(user) => Subject::User(user),
+        None => Subject::Bot,
+    }
+}
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(borrow, default)]
+    chat: Option<Entity<'a>>,
+    #[serde(borrow, default)]
+    message: Option<MessageRef<'a>>,
+    #[serde(borrow, default)]
+    voter_chat: Option<Entity<'a>>,
+    #[serde(borrow, default)]
+    from: Option<Entity<'a>>,
+    #[serde(borrow, default)]
+    user: Option<Entity<'a>>,
+}
+
+#[derive(Deserialize)]
+struct MessageRef<'a> {
+    #[serde(borrow, default)]
+    chat: Option<Entity<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Entity<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
+impl Entity<'_> {
+    /// The id's integer text, if it is an integer literal.
+    fn id(&self) -> Option<String> {
+        let text = self.id?.get().trim();
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| text.to_owned())
+    }
+}
+
+/// The top level of an update: the id (`Some(None)` when present but not an integer) and the
+/// first other key with its value, which is kept raw so its strings are never decoded.
+struct ObjectHeader<'a> {
+    update_id: Option<Option<i64>>,
+    kind: Option<(String, &'a RawValue)>,
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectHeader<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(HeaderVisitor)
+    }
+}
+
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = ObjectHeader<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ObjectHeader<'de>, A::Error> {
+        let mut update_id = None;
+        let mut kind = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "update_id" {
+                let value: &RawValue = map.next_value()?;
+                if update_id.is_none() {
+                    update_id = Some(serde_json::from_str::<i64>(value.get()).ok());
+                }
+            } else if kind.is_none() {
+                let value: &RawValue = map.next_value()?;
+                kind = Some((key, value));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(ObjectHeader { update_id, kind })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn header<'a>(record: &'a OutgoingRecord, name: &str) -> Option<&'a str> {
+        record
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_message_is_keyed_by_its_chat() {
+        let raw = br#"{"update_id":5,"message":{"message_id":1,"from":{"id":7},"chat":{"id":-100123,"type":"supergroup"},"text":"x"}}"#;
+        let record = record_for(42, raw, 1_700_000_000_000, 1_000_000);
+        assert_eq!(record.key, "42:-100123");
+        assert_eq!(record.value, raw.to_vec());
+        assert_eq!(header(&record, "tg-update-id"), Some("5"));
+        assert_eq!(header(&record, "tg-update-type"), Some("message"));
+        assert_eq!(header(&record, "tg-bot-id"), Some("42"));
+        assert_eq!(header(&record, "tg-received-at"), Some("1700000000000"));
+        assert_eq!(header(&record, "content-type"), Some("application/json"));
+        assert_eq!(header(&record, "tg-error"), None);
+    }
+
+    #[test]
+    fn a_callback_query_is_keyed_by_the_chat_of_its_message_before_its_sender() {
+        let raw = br#"{"update_id":6,"callback_query":{"id":"1","from":{"id":9},"message":{"message_id":3,"chat":{"id":55}}}}"#;
+        assert_eq!(record_for(1, raw, 0, 1_000_000).key, "1:55");
+    }
+
+    #[test]
+    fn an_inline_query_is_keyed_by_its_user() {
+        let raw = br#"{"update_id":7,"inline_query":{"id":"q","from":{"id":4503599627370495},"query":"a"}}"#;
+        assert_eq!(record_for(1, raw, 0, 1_000_000).key, "1:u4503599627370495");
+    }
+
+    #[test]
+    fn a_poll_answer_by_a_user_is_keyed_by_the_user_and_by_a_channel_by_the_chat() {
+        let user =
+            br#"{"update_id":8,"poll_answer":{"poll_id":"p","user":{"id":12},"option_ids":[0]}}"#;
+        let chat = br#"{"update_id":9,"poll_answer":{"poll_id":"p","voter_chat":{"id":-100},"option_ids":[0]}}"#;
+        assert_eq!(record_for(3, user, 0, 1_000_000).key, "3:u12");
+        assert_eq!(record_for(3, chat, 0, 1_000_000).key, "3:-100");
+    }
+
+    #[test]
+    fn a_poll_has_only_the_bot_in_its_key() {
+        let raw = br#"{"update_id":10,"poll":{"id":"p","question":"q","options":[]}}"#;
+        let record = record_for(3, raw, 0, 1_000_000);
+        assert_eq!(record.key, "3");
+        assert_eq!(record.kind, "poll");
+    }
+
+    #[test]
+    fn an_unknown_kind_passes_through_with_its_name() {
+        let raw = br#"{"update_id":11,"future_kind":{"chat":{"id":77},"novel":[1,2]}}"#;
+        let record = record_for(3, raw, 0, 1_000_000);
+        assert_eq!(record.kind, "future_kind");
+        assert_eq!(record.key, "3:77");
+        assert_eq!(record.envelope, None);
+    }
+
+    #[test]
+    fn a_lone_surrogate_and_a_nul_neither_hide_the_id_nor_change_the_bytes() {
+        let raw = br#"{"update_id":12,"message":{"chat":{"id":1},"text":"a\u0000b\ud83dc"}}"#;
+        let record = record_for(3, raw, 0, 1_000_000);
+        assert_eq!(record.update_id, Some(12));
+        assert_eq!(record.key, "3:1");
+        assert_eq!(record.value, raw.to_vec());
+        assert_eq!(record.envelope, None);
+    }
+
+    #[test]
+    fn a_lone_surrogate_in_an_id_bearing_field_only_costs_the_finer_key() {
+        // `chat` is a string with a lone surrogate, not an object: the key falls back to the bot.
+        let raw = br#"{"update_id":13,"message":{"chat":"\ud800"}}"#;
+        let record = record_for(3, raw, 0, 1_000_000);
+        assert_eq!(record.key, "3");
+        assert_eq!(record.envelope, None);
+    }
+
+    #[test]
+    fn an_object_without_update_id_becomes_an_envelope_with_the_original() {
+        let raw = br#"{"message":{"text":"x"}}"#;
+        let record = record_for(3, raw, 0, 1_000_000);
+        assert_eq!(record.envelope, Some(EnvelopeReason::NotAnUpdate));
+        assert!(
+            header(&record, "tg-error")
+                .unwrap()
+                .starts_with("not_an_update")
+        );
+        assert_eq!(header(&record, "tg-original-size"), Some("24"));
+        let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        assert_eq!(value["original"], std::str::from_utf8(raw).unwrap());
+        assert_eq!(value["tg_error"]["reason"], "not_an_update");
+        assert_eq!(record.key, "3");
+    }
+
+    #[test]
+    fn a_string_update_id_is_not_an_update() {
+        let record = record_for(3, br#"{"update_id":"12","poll":{}}"#, 0, 1_000_000);
+        assert_eq!(record.envelope, Some(EnvelopeReason::NotAnUpdate));
+    }
+
+    #[test]
+    fn an_array_and_truncated_text_are_envelopes() {
+        assert_eq!(
+            record_for(3, b"[1,2]", 0, 1_000_000).envelope,
+            Some(EnvelopeReason::NotAnUpdate)
+        );
+        assert_eq!(
+            record_for(3, br#"{"update_id":1,"mess"#, 0, 1_000_000).envelope,
+            Some(EnvelopeReason::NotJson)
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_keep_their_original_as_hex() {
+        let record = record_for(3, &[0xff, 0x00, 0x41], 0, 1_000_000);
+        assert_eq!(record.envelope, Some(EnvelopeReason::NotJson));
+        let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        assert_eq!(value["original_hex"], "ff0041");
+    }
+
+    #[test]
+    fn an_oversized_update_becomes_a_small_envelope_keeping_key_and_id() {
+        let text = "x".repeat(20_000);
+        let raw = format!(r#"{{"update_id":14,"message":{{"chat":{{"id":5}},"text":"{text}"}}}}"#);
+        let record = record_for(3, raw.as_bytes(), 0, 10_000);
+        assert_eq!(record.envelope, Some(EnvelopeReason::TooLarge));
+        assert!(record.value.len() < 1_000);
+        assert_eq!(record.key, "3:5");
+        assert_eq!(header(&record, "tg-update-id"), Some("14"));
+        assert_eq!(
+            header(&record, "tg-original-size"),
+            Some(raw.len().to_string().as_str())
+        );
+        let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        assert!(value.get("original").is_none());
+        assert!(fits(&record, 10_000));
+    }
+
+    #[test]
+    fn every_fixture_is_an_update_with_a_kind() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/updates");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let raw = std::fs::read(&path).unwrap();
+            let info = inspect(&raw).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            assert_ne!(info.kind, NO_KIND, "{}", path.display());
+            seen += 1;
+        }
+        assert!(seen > 10, "only {seen} fixtures found in {dir}");
+    }
+}

@@ -1,0 +1,348 @@
+//! Shared harness of the producer's integration tests: a simulated Bot API (botsim), a test
+//! broker with a fresh topic, the producer running in-process, and a reader of the topic.
+//!
+//! Every test owns its own botsim, broker and topic; nothing is shared between tests.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use botsim::{BotApi, BotApiConfig, BotInfo};
+use producer::{
+    BackoffPolicy, IntakeMode, NoReadiness, PollingConfig, ProducerConfig, ReadinessReporter,
+    WebhookConfig,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use secrecy::SecretString;
+use testkit::TestBroker;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Partitions of every test topic.
+pub const PARTITIONS: i32 = 3;
+
+/// Tokens of the test bots: realistic shape, so a leak would be recognisable in logs.
+pub const TOKENS: [&str; 2] = [
+    "7000000001:AAHtestTOKENoneXXXXXXXXXXXXXXXXXXXX",
+    "7000000002:AAHtestTOKENtwoYYYYYYYYYYYYYYYYYYYY",
+];
+/// Ids of the test bots.
+pub const BOT_IDS: [i64; 2] = [7_000_000_001, 7_000_000_002];
+
+/// Fixture files (name, bytes) from tests/fixtures/updates, sorted by name.
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/updates");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            out.push((name, std::fs::read(&path).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The fake Telegram with the test bots registered.
+pub async fn start_botsim(bots: usize) -> BotApi {
+    let api = BotApi::start(BotApiConfig::default()).await.unwrap();
+    for (index, token) in TOKENS.iter().take(bots).enumerate() {
+        api.add_bot(
+            token,
+            BotInfo::new(BOT_IDS[index], format!("test_bot_{index}"), "Test"),
+        );
+    }
+    api
+}
+
+/// A broker (backend from the environment) with a fresh topic.
+pub async fn start_broker() -> (TestBroker, String) {
+    let broker = TestBroker::start().await.unwrap();
+    let topic = broker.unique_topic("producer");
+    broker.create_topic(&topic, PARTITIONS).await.unwrap();
+    (broker, topic)
+}
+
+/// A polling configuration with test-sized timeouts: 1 s long polls, fast backoff.
+pub fn polling_config(
+    api: &BotApi,
+    broker: &TestBroker,
+    topic: &str,
+    bots: usize,
+) -> ProducerConfig {
+    polling_config_bots(api, broker.client_config(), topic, bots)
+}
+
+/// [`polling_config`] for one bot and any Kafka client configuration.
+pub fn polling_config_for(
+    api: &BotApi,
+    client: rdkafka::ClientConfig,
+    topic: &str,
+) -> ProducerConfig {
+    polling_config_bots(api, client, topic, 1)
+}
+
+fn polling_config_bots(
+    api: &BotApi,
+    client: rdkafka::ClientConfig,
+    topic: &str,
+    bots: usize,
+) -> ProducerConfig {
+    let tokens = TOKENS
+        .iter()
+        .take(bots)
+        .map(|t| SecretString::from((*t).to_owned()))
+        .collect();
+    let mut config = ProducerConfig::new(
+        api.base_url().parse().unwrap(),
+        tokens,
+        topic.to_owned(),
+        client,
+    );
+    config.mode = IntakeMode::Polling(PollingConfig {
+        timeout: Duration::from_secs(1),
+        limit: 100,
+        request_timeout: Some(Duration::from_secs(3)),
+        ..PollingConfig::default()
+    });
+    config.delivery_timeout = Duration::from_secs(3);
+    config.backoff = BackoffPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(400),
+    };
+    config
+}
+
+/// Turns a polling configuration into a webhook one listening on a free port with `secret`.
+pub fn into_webhook(mut config: ProducerConfig, secret: &str) -> (ProducerConfig, SocketAddr) {
+    let port = testkit::free_port().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    config.mode = IntakeMode::Webhook(WebhookConfig::new(
+        addr,
+        SecretString::from(secret.to_owned()),
+    ));
+    (config, addr)
+}
+
+/// The producer running in a task of the test's runtime.
+pub struct RunningProducer {
+    pub shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RunningProducer {
+    pub fn spawn(config: ProducerConfig) -> Self {
+        Self::spawn_with(config, Arc::new(NoReadiness))
+    }
+
+    pub fn spawn_with(config: ProducerConfig, readiness: Arc<dyn ReadinessReporter>) -> Self {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(producer::run(config, shutdown.clone(), readiness));
+        Self {
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Requests shutdown and waits (bounded) for `run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.join(Duration::from_secs(20)).await
+    }
+
+    /// Waits (bounded) for `run` to return on its own.
+    pub async fn join(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let task = self.task.take().context("already joined")?;
+        match tokio::time::timeout(timeout, task).await {
+            Ok(joined) => joined.context("the producer task panicked")?,
+            Err(_) => bail!("the producer did not return within {timeout:?}"),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for RunningProducer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// One record read back from the topic.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Consumed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// Reads the topic from the beginning until `count` records arrived or `timeout` passed.
+pub async fn read_topic(
+    broker: &TestBroker,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Consumed> {
+    read_topic_with(broker.client_config(), topic, count, timeout).await
+}
+
+/// [`read_topic`] for any client configuration (a mock cluster the test owns).
+pub async fn read_topic_with(
+    mut config: rdkafka::ClientConfig,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Consumed> {
+    config
+        .set(
+            "group.id",
+            format!("producer-test-{}", testkit::random_suffix(12)),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < count && Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("consumer error (ignored): {e}");
+                    continue;
+                }
+            };
+            let mut headers = BTreeMap::new();
+            if let Some(h) = message.headers() {
+                for header in h.iter() {
+                    headers.insert(
+                        header.key.to_owned(),
+                        String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            out.push(Consumed {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                value: message.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// Counts the records in the topic right now (reads until 2 s pass without a new one).
+pub async fn count_records(broker: &TestBroker, topic: &str) -> usize {
+    read_topic(broker, topic, usize::MAX, Duration::from_secs(3))
+        .await
+        .len()
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// getUpdates requests botsim answered, in order.
+pub fn get_updates_requests(api: &BotApi) -> Vec<botsim::RequestRecord> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.method == "getupdates")
+        .collect()
+}
+
+/// A log buffer a tracing subscriber writes into (the test asserts on what was logged).
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Records every readiness change, for tests that assert on them.
+#[derive(Debug, Default)]
+pub struct RecordingReadiness(std::sync::Mutex<Vec<(&'static str, bool)>>);
+
+impl RecordingReadiness {
+    /// Every change of `check`, in order (`true` = ready).
+    pub fn history(&self, check: &str) -> Vec<bool> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, _)| *c == check)
+            .map(|(_, ready)| *ready)
+            .collect()
+    }
+}
+
+impl ReadinessReporter for RecordingReadiness {
+    fn ready(&self, check: &'static str) {
+        self.0.lock().unwrap().push((check, true));
+    }
+    fn not_ready(&self, check: &'static str, _reason: &str) {
+        self.0.lock().unwrap().push((check, false));
+    }
+}

@@ -1,0 +1,231 @@
+//! Telegram faults injected by the simulated Bot API: each has the behaviour the producer
+//! promises (exact 429 waits, 409 episodes, capped backoff, malformed bodies and stalls retried),
+//! and none loses or blocks an update.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use botsim::Fault;
+use common::*;
+use tracing::subscriber::DefaultGuard;
+
+/// Captures this thread's log events at trace level (the tests run on a current-thread runtime,
+/// so the producer's tasks log on this thread too).
+fn capture_logs() -> (LogBuffer, DefaultGuard) {
+    let buffer = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(buffer.clone())
+        .finish();
+    (buffer, tracing::subscriber::set_default(subscriber))
+}
+
+/// Starts a producer, waits for its first getUpdates, queues `faults` for the following
+/// getUpdates calls, pushes one update and waits until Kafka has it and Telegram confirmed it.
+async fn run_through_faults(faults: Vec<Fault>) -> (botsim::BotApi, Vec<botsim::RequestRecord>) {
+    let api = start_botsim(1).await;
+    let (broker, topic) = start_broker().await;
+    let producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
+    assert!(
+        eventually(Duration::from_secs(15), || !get_updates_requests(&api)
+            .is_empty())
+        .await
+    );
+    for fault in faults {
+        api.inject_on(TOKENS[0], "getUpdates", fault).unwrap();
+    }
+    let id = api
+        .push_kind(
+            TOKENS[0],
+            "message",
+            br#"{"message_id":1,"chat":{"id":3},"text":"hi"}"#,
+        )
+        .unwrap();
+    let records = read_topic(&broker, &topic, 1, Duration::from_secs(40)).await;
+    assert_eq!(records.len(), 1, "the update never reached Kafka");
+    assert!(
+        eventually(Duration::from_secs(20), || api.confirmed_offset(TOKENS[0])
+            == Some(id + 1))
+        .await,
+        "never confirmed: {:?}",
+        api.confirmed_offset(TOKENS[0])
+    );
+    // The confirming call must also have been answered, so the producer saw the episode end.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            get_updates_requests(&api)
+                .last()
+                .is_some_and(|r| r.status == 200 && r.offset == Some(id + 1))
+        })
+        .await
+    );
+    producer.stop().await.unwrap();
+    let requests = get_updates_requests(&api);
+    (api, requests)
+}
+
+fn since(later: SystemTime, earlier: SystemTime) -> Duration {
+    later.duration_since(earlier).unwrap_or_default()
+}
+
+/// The requests that consumed a fault, each with the arrival of the request after it.
+fn faulted_with_next(
+    requests: &[botsim::RequestRecord],
+) -> Vec<(botsim::RequestRecord, SystemTime)> {
+    requests
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.fault.is_some() && !matches!(r.fault, Some(Fault::Stall(_))))
+        .filter_map(|(i, r)| requests.get(i + 1).map(|next| (r.clone(), next.at)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_waits_exactly_retry_after_before_the_next_call_broker() {
+    let (_api, requests) =
+        run_through_faults(vec![Fault::TooManyRequests { retry_after: 2 }]).await;
+    let pairs = faulted_with_next(&requests);
+    assert_eq!(pairs.len(), 1, "{requests:#?}");
+    let (limited, next_at) = &pairs[0];
+    assert_eq!(limited.status, 429);
+    let answered = limited.at + limited.duration;
+    let waited = since(*next_at, answered);
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the next getUpdates came {waited:?} after the 429, before retry_after"
+    );
+    assert!(
+        waited < Duration::from_millis(2_800),
+        "waited {waited:?}: retry_after is 2 s, not a backoff on top of it"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_409_episode_backs_off_and_is_logged_once_broker() {
+    let (logs, _guard) = capture_logs();
+    let (_api, requests) = run_through_faults(vec![Fault::Conflict; 4]).await;
+    let conflicts: Vec<_> = requests.iter().filter(|r| r.status == 409).collect();
+    assert_eq!(conflicts.len(), 4, "{requests:#?}");
+    // Backoff: 50, 100, 200, 400 ms after each conflict.
+    let pairs = faulted_with_next(&requests);
+    let gaps: Vec<Duration> = pairs
+        .iter()
+        .map(|(r, next)| since(*next, r.at + r.duration))
+        .collect();
+    assert!(gaps[0] >= Duration::from_millis(50), "{gaps:?}");
+    assert!(gaps[3] >= Duration::from_millis(400), "{gaps:?}");
+    assert!(gaps[3] > gaps[0], "the backoff did not grow: {gaps:?}");
+
+    let text = logs.text();
+    let warned = text.matches("getUpdates conflict (409)").count();
+    assert_eq!(warned, 1, "one warning per episode, got {warned}:\n{text}");
+    assert_eq!(text.matches("conflict resolved").count(), 1, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_back_off_exponentially_up_to_the_cap_broker() {
+    let (_api, requests) = run_through_faults(vec![
+        Fault::ServerError(502),
+        Fault::ServerError(500),
+        Fault::ServerError(503),
+        Fault::ServerError(502),
+        Fault::ServerError(500),
+    ])
+    .await;
+    let pairs = faulted_with_next(&requests);
+    assert_eq!(pairs.len(), 5, "{requests:#?}");
+    let gaps: Vec<u128> = pairs
+        .iter()
+        .map(|(r, next)| since(*next, r.at + r.duration).as_millis())
+        .collect();
+    // 50, 100, 200, 400, 400 (capped) ms, plus scheduling noise.
+    let expected = [50, 100, 200, 400, 400];
+    for (gap, floor) in gaps.iter().zip(expected) {
+        assert!(
+            *gap >= floor,
+            "gaps {gaps:?} below the backoff {expected:?}"
+        );
+        assert!(
+            *gap < floor + 300,
+            "gaps {gaps:?} far above the backoff {expected:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_malformed_body_is_logged_and_retried_broker() {
+    let (logs, _guard) = capture_logs();
+    let (_api, requests) =
+        run_through_faults(vec![Fault::MalformedBody, Fault::MalformedBody]).await;
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.fault == Some(Fault::MalformedBody))
+            .count(),
+        2
+    );
+    let text = logs.text();
+    assert_eq!(
+        text.matches("malformed response (HTTP 200)").count(),
+        2,
+        "each malformed body is logged:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_getupdates_times_out_and_polling_resumes_broker() {
+    let started = std::time::Instant::now();
+    // The client timeout is 3 s; the stall would hold the request for 20 s.
+    let (_api, _requests) = run_through_faults(vec![Fault::Stall(Duration::from_secs(20))]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the stall was waited out ({:?}) instead of timing out",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_ends_startup_with_one_line_naming_the_bot_by_position() {
+    // Only the first token is known to the fake Telegram: the second is rejected with 401.
+    let api = botsim::BotApi::start(botsim::BotApiConfig::default())
+        .await
+        .unwrap();
+    api.add_bot(TOKENS[0], botsim::BotInfo::new(BOT_IDS[0], "one", "One"));
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", "127.0.0.1:1");
+    let config = producer::ProducerConfig::new(
+        api.base_url().parse().unwrap(),
+        TOKENS
+            .iter()
+            .map(|t| secrecy::SecretString::from((*t).to_owned()))
+            .collect(),
+        "unused".to_owned(),
+        client,
+    );
+    let mut producer = RunningProducer::spawn(config);
+    let error = producer.join(Duration::from_secs(20)).await.unwrap_err();
+    let text = format!("{error:#}");
+    assert_eq!(
+        text,
+        "bot #2: token rejected by Telegram (401 Unauthorized)"
+    );
+    for token in TOKENS {
+        assert!(!text.contains(token));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_a_startup_error_naming_it_broker() {
+    let api = start_botsim(1).await;
+    let (broker, _topic) = start_broker().await;
+    let missing = broker.unique_topic("absent");
+    let mut producer = RunningProducer::spawn(polling_config(&api, &broker, &missing, 1));
+    let error = producer.join(Duration::from_secs(30)).await.unwrap_err();
+    let text = format!("{error:#}");
+    assert!(text.contains(&missing), "{text}");
+    assert!(text.contains("does not exist"), "{text}");
+}

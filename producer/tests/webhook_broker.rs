@@ -1,0 +1,224 @@
+//! Webhook intake: the secret is checked before anything reaches Kafka, 200 means Kafka has the
+//! update, and a broker outage is answered with 5xx so Telegram retries.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use testkit::BrokerKind;
+
+const SECRET: &str = "webhook-secret_0123456789";
+
+async fn post(addr: SocketAddr, bot_id: i64, secret: Option<&str>, body: &[u8]) -> u16 {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .post(format!("http://{addr}/webhook/{bot_id}"))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .timeout(Duration::from_secs(20));
+    if let Some(secret) = secret {
+        request = request.header(producer::SECRET_HEADER, secret);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+/// Waits until the webhook endpoint accepts connections (startup runs getMe and a topic check).
+async fn wait_listening(addr: SocketAddr) {
+    let up = eventually(Duration::from_secs(30), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+    })
+    .await;
+    assert!(up, "the webhook endpoint never listened on {addr}");
+}
+
+fn update(id: i64, chat: i64, text: &str) -> Vec<u8> {
+    format!(r#"{{"update_id":{id},"message":{{"message_id":{id},"chat":{{"id":{chat}}},"text":"{text}"}}}}"#)
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_missing_secret_is_refused_with_401_and_writes_nothing_broker() {
+    let api = start_botsim(1).await;
+    let (broker, topic) = start_broker().await;
+    let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
+    let producer = RunningProducer::spawn(config);
+    wait_listening(addr).await;
+
+    let bot = BOT_IDS[0];
+    assert_eq!(post(addr, bot, None, &update(1, 1, "no secret")).await, 401);
+    assert_eq!(
+        post(addr, bot, Some("wrong"), &update(2, 1, "short")).await,
+        401
+    );
+    let same_length_wrong: String = SECRET.chars().rev().collect();
+    assert_eq!(
+        post(
+            addr,
+            bot,
+            Some(&same_length_wrong),
+            &update(3, 1, "same length")
+        )
+        .await,
+        401
+    );
+    assert_eq!(post(addr, bot, Some(""), &update(4, 1, "empty")).await, 401);
+    // A bot this producer does not serve, with the right secret.
+    assert_eq!(
+        post(addr, 42, Some(SECRET), &update(5, 1, "stranger")).await,
+        404
+    );
+    // The right secret: accepted, and the only record in the topic.
+    assert_eq!(
+        post(addr, bot, Some(SECRET), &update(6, 1, "welcome")).await,
+        200
+    );
+
+    let records = read_topic(&broker, &topic, usize::MAX, Duration::from_secs(4)).await;
+    producer.stop().await.unwrap();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0].value, update(6, 1, "welcome"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_means_kafka_has_the_update_byte_identical_with_key_and_headers_broker() {
+    let api = start_botsim(1).await;
+    let (broker, topic) = start_broker().await;
+    let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
+    let producer = RunningProducer::spawn(config);
+    wait_listening(addr).await;
+
+    let raw = update(77, -100500, r"lone \udc00 and nul \u0000");
+    assert_eq!(post(addr, BOT_IDS[0], Some(SECRET), &raw).await, 200);
+    // Not JSON at all: still acknowledged, as a tg-error envelope (a dead letter downstream).
+    assert_eq!(
+        post(addr, BOT_IDS[0], Some(SECRET), b"{\"update_id\":78,").await,
+        200
+    );
+
+    let records = read_topic(&broker, &topic, 2, Duration::from_secs(20)).await;
+    producer.stop().await.unwrap();
+    assert_eq!(records.len(), 2);
+    let record = records
+        .iter()
+        .find(|r| r.header("tg-error").is_none())
+        .unwrap();
+    assert_eq!(record.value, raw);
+    assert_eq!(record.key, format!("{}:-100500", BOT_IDS[0]));
+    assert_eq!(record.header("tg-update-id"), Some("77"));
+    assert_eq!(record.header("tg-update-type"), Some("message"));
+    assert_eq!(
+        record.header("tg-bot-id"),
+        Some(BOT_IDS[0].to_string().as_str())
+    );
+    let envelope = records
+        .iter()
+        .find(|r| r.header("tg-error").is_some())
+        .unwrap();
+    assert!(envelope.header("tg-error").unwrap().starts_with("not_json"));
+    let value: serde_json::Value = serde_json::from_slice(&envelope.value).unwrap();
+    assert_eq!(value["original"], "{\"update_id\":78,");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_makes_the_endpoint_answer_5xx_until_it_returns_broker() {
+    let api = start_botsim(1).await;
+    let (broker, topic) = start_broker().await;
+    if broker.kind() == BrokerKind::External {
+        eprintln!("skipped: an external broker cannot be taken down by a test");
+        return;
+    }
+    let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
+    let producer = RunningProducer::spawn(config);
+    wait_listening(addr).await;
+    assert_eq!(
+        post(addr, BOT_IDS[0], Some(SECRET), &update(1, 1, "up")).await,
+        200
+    );
+
+    broker.set_available(false).await.unwrap();
+    let status = post(addr, BOT_IDS[0], Some(SECRET), &update(2, 1, "down")).await;
+    assert!(
+        (500..600).contains(&status),
+        "answered {status} while Kafka was down"
+    );
+
+    broker.set_available(true).await.unwrap();
+    let mut status = 0;
+    for _ in 0..10 {
+        status = post(addr, BOT_IDS[0], Some(SECRET), &update(2, 1, "down")).await;
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "never accepted after the broker returned");
+    let records = read_topic(&broker, &topic, usize::MAX, Duration::from_secs(5)).await;
+    producer.stop().await.unwrap();
+    assert!(records.iter().any(|r| r.value == update(2, 1, "down")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setwebhook_at_startup_lets_telegram_push_updates_into_kafka_broker() {
+    let api = start_botsim(1).await;
+    let (broker, topic) = start_broker().await;
+    let (mut config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
+    if let producer::IntakeMode::Webhook(webhook) = &mut config.mode {
+        webhook.public_url = Some(format!("http://{addr}/").parse().unwrap());
+    }
+    // Queued before the webhook exists: Telegram keeps it and pushes it once the webhook is set.
+    let early = api
+        .push_kind(
+            TOKENS[0],
+            "message",
+            br#"{"message_id":1,"chat":{"id":8},"text":"early"}"#,
+        )
+        .unwrap();
+    let producer = RunningProducer::spawn(config);
+    wait_listening(addr).await;
+    let late = api
+        .push_kind(
+            TOKENS[0],
+            "message",
+            br#"{"message_id":2,"chat":{"id":8},"text":"late"}"#,
+        )
+        .unwrap();
+
+    let records = read_topic(&broker, &topic, 2, Duration::from_secs(30)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || api
+            .pending_update_count(TOKENS[0])
+            .unwrap()
+            == 0)
+        .await,
+        "Telegram still holds updates: the webhook did not acknowledge them"
+    );
+    producer.stop().await.unwrap();
+    let ids: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r.header("tg-update-id"))
+        .collect();
+    assert!(ids.contains(&early.to_string().as_str()), "{ids:?}");
+    assert!(ids.contains(&late.to_string().as_str()), "{ids:?}");
+
+    let requests = api.requests();
+    let set = requests.iter().find(|r| r.method == "setwebhook").unwrap();
+    assert_eq!(
+        set.params.get("url"),
+        Some(format!("http://{addr}/webhook/{}", BOT_IDS[0]).as_str())
+    );
+    assert_eq!(set.params.get("secret_token"), Some(SECRET));
+    let allowed: Vec<String> =
+        serde_json::from_str(set.params.get("allowed_updates").unwrap()).unwrap();
+    assert!(
+        allowed.iter().any(|k| k == "message_reaction_count"),
+        "{allowed:?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.method == "deletewebhook"),
+        "a webhook replica must never delete the webhook"
+    );
+    assert_eq!(set.params.get("drop_pending_updates"), Some("false"));
+}
