@@ -1,0 +1,323 @@
+//! What a consumer process is told by its caller: group, topic, Kafka client settings, batch
+//! bounds, timeouts and retry bounds.
+//!
+//! Guarantees: [`ConsumerConfig::validate`] rejects settings that would break the protocol
+//! (auto commit, an offset reset other than `error`, zero-sized batches) with one line naming the
+//! setting; [`ConsumerConfig::kafka_client_config`] always forces the settings the exactly-once
+//! protocol depends on, whatever the caller passed.
+//!
+//! Memory bound (per process, with split partition queues `queued.max.messages.kbytes` applies per
+//! partition): roughly `P × queued_max_kbytes_per_partition KiB` of prefetched records, plus
+//! `P × batch_max_bytes × 3` for the batch being built, normalised and sent (`P` = partitions
+//! assigned to the process). With the defaults (16 MiB per partition, 4 MiB batches) twelve
+//! partitions stay under ~350 MiB however slow PostgreSQL is.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+/// Where a partition with no stored offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPolicy {
+    /// The log start (the low watermark): nothing already in the topic is skipped.
+    Earliest,
+    /// The log end (the high watermark): only records produced from now on.
+    Latest,
+}
+
+/// The group protocol's partition assignment strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignmentStrategy {
+    /// Eager `range` (stop-the-world rebalances).
+    Range,
+    /// Eager `roundrobin`.
+    RoundRobin,
+    /// `cooperative-sticky`: only moved partitions are revoked.
+    CooperativeSticky,
+}
+
+impl AssignmentStrategy {
+    /// The librdkafka `partition.assignment.strategy` value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            AssignmentStrategy::Range => "range",
+            AssignmentStrategy::RoundRobin => "roundrobin",
+            AssignmentStrategy::CooperativeSticky => "cooperative-sticky",
+        }
+    }
+}
+
+/// Capped exponential backoff for transient failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first wait.
+    pub initial: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (0-based): `initial × 2^attempt`, capped.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything [`crate::run`] needs besides the database pool and the shutdown token.
+#[derive(Clone)]
+pub struct ConsumerConfig {
+    /// Kafka consumer group, also the `group_id` of `consumer_offsets` rows.
+    pub group_id: String,
+    /// The topic to consume (`tg.updates` by default in the binary).
+    pub topic: String,
+    /// Bootstrap servers and security settings, from the caller. Protocol settings are overridden.
+    pub client: ClientConfig,
+    /// A batch holds at most this many records…
+    pub batch_max_records: usize,
+    /// …and at most this many payload bytes (a single larger record still forms a batch).
+    pub batch_max_bytes: usize,
+    /// How long a worker waits for a batch to fill once it holds a record.
+    pub linger: Duration,
+    /// Where a partition without a stored offset starts.
+    pub start_policy: StartPolicy,
+    /// `SET LOCAL statement_timeout` of every batch transaction.
+    pub statement_timeout: Duration,
+    /// The processor version written to rows (injectable so tests can model an upgrade).
+    pub processor_version: i32,
+    /// Backoff for transient database and broker errors.
+    pub retry: RetryPolicy,
+    /// The group protocol's assignment strategy.
+    pub assignment_strategy: AssignmentStrategy,
+    /// Static membership (`group.instance.id`), e.g. the pod name of a StatefulSet.
+    pub group_instance_id: Option<String>,
+    /// librdkafka `session.timeout.ms`.
+    pub session_timeout: Duration,
+    /// librdkafka `queued.max.messages.kbytes` (applies per partition with split queues).
+    pub queued_max_kbytes_per_partition: u32,
+    /// How often an idle worker re-reads its offsets row to notice a replay.
+    pub idle_reread_interval: Duration,
+    /// How long a revoke waits for a worker to finish its in-flight batch before moving on (the
+    /// database fences a late writer either way).
+    pub revoke_timeout: Duration,
+    /// How often partition lag is computed from broker statistics.
+    pub stats_interval: Duration,
+}
+
+impl std::fmt::Debug for ConsumerConfig {
+    // ClientConfig's Debug prints every property, SASL passwords included.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("group_id", &self.group_id)
+            .field("topic", &self.topic)
+            .field(
+                "bootstrap.servers",
+                &self.client.get("bootstrap.servers").unwrap_or(""),
+            )
+            .field("batch_max_records", &self.batch_max_records)
+            .field("batch_max_bytes", &self.batch_max_bytes)
+            .field("linger", &self.linger)
+            .field("start_policy", &self.start_policy)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("processor_version", &self.processor_version)
+            .field("retry", &self.retry)
+            .field("assignment_strategy", &self.assignment_strategy)
+            .field("group_instance_id", &self.group_instance_id)
+            .field("session_timeout", &self.session_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerConfig {
+    /// A configuration with production defaults for `group_id`, `topic` and `client`.
+    pub fn new(
+        group_id: impl Into<String>,
+        topic: impl Into<String>,
+        client: ClientConfig,
+    ) -> Self {
+        Self {
+            group_id: group_id.into(),
+            topic: topic.into(),
+            client,
+            batch_max_records: 1000,
+            batch_max_bytes: 4 * 1024 * 1024,
+            linger: Duration::from_millis(50),
+            start_policy: StartPolicy::Earliest,
+            statement_timeout: Duration::from_secs(30),
+            processor_version: processor::PROCESSOR_VERSION,
+            retry: RetryPolicy::default(),
+            assignment_strategy: AssignmentStrategy::CooperativeSticky,
+            group_instance_id: None,
+            session_timeout: Duration::from_secs(45),
+            queued_max_kbytes_per_partition: 16 * 1024,
+            idle_reread_interval: Duration::from_secs(1),
+            revoke_timeout: Duration::from_secs(60),
+            stats_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks the settings the protocol depends on; the error names the offending setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.group_id.trim().is_empty() {
+            return Err(ConfigError::new("group_id", "must not be empty"));
+        }
+        if self.topic.trim().is_empty() {
+            return Err(ConfigError::new("topic", "must not be empty"));
+        }
+        if self
+            .client
+            .get("bootstrap.servers")
+            .is_none_or(str::is_empty)
+        {
+            return Err(ConfigError::new("bootstrap.servers", "must be set"));
+        }
+        if self.batch_max_records == 0 {
+            return Err(ConfigError::new("batch_max_records", "must be at least 1"));
+        }
+        if self.batch_max_bytes == 0 {
+            return Err(ConfigError::new("batch_max_bytes", "must be at least 1"));
+        }
+        if self.statement_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "statement_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        if self.retry.initial.is_zero() || self.retry.max < self.retry.initial {
+            return Err(ConfigError::new(
+                "retry",
+                "initial must be positive and max at least initial",
+            ));
+        }
+        for (key, required) in [
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "error"),
+            ("allow.auto.create.topics", "false"),
+        ] {
+            if let Some(value) = self.client.get(key)
+                && value != required
+            {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "must be {required} (the database is the offset store of record), not {value}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The librdkafka configuration of the group consumer: the caller's client settings plus the
+    /// settings the protocol requires.
+    pub fn kafka_client_config(&self) -> ClientConfig {
+        let mut config = self.client.clone();
+        config
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("allow.auto.create.topics", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "partition.assignment.strategy",
+                self.assignment_strategy.as_librdkafka(),
+            )
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "queued.max.messages.kbytes",
+                self.queued_max_kbytes_per_partition.to_string(),
+            )
+            .set(
+                "statistics.interval.ms",
+                self.stats_interval.as_millis().to_string(),
+            );
+        if let Some(instance) = &self.group_instance_id {
+            config.set("group.instance.id", instance);
+        }
+        config
+    }
+}
+
+/// A setting that cannot work, named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    /// The setting's name.
+    pub setting: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: &str, reason: impl Into<String>) -> Self {
+        Self {
+            setting: setting.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ConsumerConfig {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", "127.0.0.1:9092");
+        ConsumerConfig::new("g", "t", client)
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn auto_commit_from_the_caller_is_refused_by_name() {
+        let mut config = config();
+        config.client.set("enable.auto.commit", "true");
+        let err = config.validate().expect_err("auto commit must be refused");
+        assert_eq!(err.setting, "enable.auto.commit");
+    }
+
+    #[test]
+    fn the_client_config_forces_the_protocol_settings() {
+        let mut config = config();
+        config.client.set("auto.offset.reset", "earliest");
+        let client = config.kafka_client_config();
+        assert_eq!(client.get("auto.offset.reset"), Some("error"));
+        assert_eq!(client.get("enable.auto.commit"), Some("false"));
+        assert_eq!(client.get("group.id"), Some("g"));
+        assert_eq!(
+            client.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let retry = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(retry.delay(0), Duration::from_millis(100));
+        assert_eq!(retry.delay(1), Duration::from_millis(200));
+        assert_eq!(retry.delay(3), Duration::from_millis(800));
+        assert_eq!(retry.delay(4), Duration::from_secs(1));
+        assert_eq!(retry.delay(60), Duration::from_secs(1));
+    }
+}

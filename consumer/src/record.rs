@@ -1,0 +1,183 @@
+//! One Kafka record as the consumer keeps it: an owned copy of everything the batch writer and
+//! dead letters need, detached from librdkafka's buffers.
+//!
+//! Guarantees: the payload, key and header bytes are copied exactly; nothing is parsed here
+//! except the producer's well-known headers, whose absence or garbage is tolerated.
+
+use rdkafka::Message;
+use rdkafka::message::Headers;
+
+/// Header naming the bot the update belongs to.
+pub const HEADER_BOT_ID: &str = "tg-bot-id";
+/// Header with the producer's receive time, unix milliseconds.
+pub const HEADER_RECEIVED_AT: &str = "tg-received-at";
+/// Header marking the producer's envelope for input that is not a deliverable update.
+pub const HEADER_ERROR: &str = "tg-error";
+
+/// An owned Kafka record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// Headers in their order; a header without a value has `None`.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The record's timestamp (create or log-append time), unix milliseconds.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl ConsumedRecord {
+    /// Copies a message out of librdkafka.
+    pub fn from_message<M: Message>(message: &M) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: message.timestamp().to_millis(),
+        }
+    }
+
+    /// The first header with this name, as bytes.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| value.as_deref())
+    }
+
+    /// The first header with this name, as UTF-8 text.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name)
+            .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    /// The payload, empty when the record has none.
+    pub fn payload_bytes(&self) -> &[u8] {
+        self.payload.as_deref().unwrap_or_default()
+    }
+
+    /// Bytes counted against a batch's byte bound.
+    pub fn size(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The bot this record belongs to: the `tg-bot-id` header, else the key's `{bot_id}` prefix.
+    pub fn bot_id(&self) -> Option<i64> {
+        if let Some(id) = self
+            .header_str(HEADER_BOT_ID)
+            .and_then(|v| v.trim().parse().ok())
+        {
+            return Some(id);
+        }
+        let key = std::str::from_utf8(self.key.as_deref()?).ok()?;
+        key.split(':').next()?.parse().ok()
+    }
+
+    /// When the producer received the update (unix ms): the `tg-received-at` header, else the
+    /// record's timestamp.
+    pub fn received_at_ms(&self) -> Option<i64> {
+        self.header_str(HEADER_RECEIVED_AT)
+            .and_then(|v| v.trim().parse().ok())
+            .or(self.timestamp_ms)
+    }
+
+    /// The producer's reason, when this record is an envelope for undeliverable input.
+    pub fn producer_error(&self) -> Option<String> {
+        self.header(HEADER_ERROR)
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+    }
+
+    /// The headers as a JSON object for `dead_letters.headers`; values that are not UTF-8 are
+    /// written as `{"hex": …}` so nothing is lost, and NUL (refused by `jsonb`) is replaced.
+    pub fn headers_json(&self) -> serde_json::Value {
+        let mut object = serde_json::Map::new();
+        for (key, value) in &self.headers {
+            let value = match value {
+                None => serde_json::Value::Null,
+                Some(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(text) if !text.contains('\0') => serde_json::Value::String(text.to_owned()),
+                    _ => serde_json::json!({ "hex": hex(bytes) }),
+                },
+            };
+            object.entry(key.replace('\0', "\u{fffd}")).or_insert(value);
+        }
+        serde_json::Value::Object(object)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: Option<&str>, headers: &[(&str, &[u8])]) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            payload: Some(b"{}".to_vec()),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Some(v.to_vec())))
+                .collect(),
+            timestamp_ms: Some(1_700_000_000_123),
+        }
+    }
+
+    #[test]
+    fn the_bot_id_header_wins_over_the_key() {
+        let r = record(Some("5:-100"), &[(HEADER_BOT_ID, b"42")]);
+        assert_eq!(r.bot_id(), Some(42));
+    }
+
+    #[test]
+    fn the_bot_id_falls_back_to_the_key_prefix() {
+        assert_eq!(record(Some("5:-100"), &[]).bot_id(), Some(5));
+        assert_eq!(record(Some("5:u77"), &[]).bot_id(), Some(5));
+        assert_eq!(record(Some("5"), &[]).bot_id(), Some(5));
+        assert_eq!(record(Some("x:1"), &[]).bot_id(), None);
+        assert_eq!(record(None, &[]).bot_id(), None);
+    }
+
+    #[test]
+    fn received_at_falls_back_to_the_record_timestamp() {
+        let r = record(None, &[(HEADER_RECEIVED_AT, b"1700000000999")]);
+        assert_eq!(r.received_at_ms(), Some(1_700_000_000_999));
+        assert_eq!(record(None, &[]).received_at_ms(), Some(1_700_000_000_123));
+    }
+
+    #[test]
+    fn binary_and_nul_header_values_survive_as_hex_in_json() {
+        let r = record(
+            None,
+            &[("a", b"plain"), ("b", &[0xff, 0x00]), ("c", b"x\0y")],
+        );
+        let json = r.headers_json();
+        assert_eq!(json["a"], "plain");
+        assert_eq!(json["b"]["hex"], "ff00");
+        assert_eq!(json["c"]["hex"], "780079");
+    }
+}

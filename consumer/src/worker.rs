@@ -1,0 +1,512 @@
+//! The partition worker: one tokio task per assigned partition, reading its split partition
+//! queue, building contiguous batches and writing them through the [`BatchWriter`].
+//!
+//! Guarantees:
+//! - a batch starts exactly at the stored `next_offset` and is gap-free; records below it are
+//!   dropped as already applied; a first record beyond it is re-sought once, and a gap that
+//!   persists is recorded in `offset_gaps` (with the offset move, in one fenced transaction),
+//!   counted and logged at error — never skipped silently;
+//! - the queue is read without blocking a runtime thread (non-empty callback → `Notify`, then
+//!   non-blocking polls), and at most one batch is buffered, so memory is bounded by the batch
+//!   limits plus librdkafka's per-partition queue;
+//! - transient errors are retried with capped backoff while the partition is paused; a fenced
+//!   worker stops; a replay (new `rewind_seq`) is followed by a seek, also when idle (the row is
+//!   re-read every `idle_reread_interval`);
+//! - cancellation (revoke, shutdown) is observed only between writes: a write in progress ends
+//!   in COMMIT or an explicit ROLLBACK, never in a dropped future.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RetryPolicy;
+use crate::group::{Command, SinkContext};
+use crate::offsets::{OffsetStore, Ownership, StoredOffset};
+use crate::readiness::Readiness;
+use crate::record::ConsumedRecord;
+use crate::stats::ConsumerStats;
+use crate::writer::{BatchWriter, PreparedRecord, WriteError};
+
+type Queue = rdkafka::consumer::base_consumer::PartitionQueue<SinkContext>;
+
+/// Why a worker stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// Revoked or shutting down.
+    Cancelled,
+    /// Another owner holds the partition.
+    Fenced,
+}
+
+/// Limits and intervals a worker runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerSettings {
+    pub batch_max_records: usize,
+    pub batch_max_bytes: usize,
+    pub linger: Duration,
+    pub idle_reread_interval: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// How often a worker looks at its queue even without a wake-up, as a safety net.
+const POLL_TICK: Duration = Duration::from_millis(200);
+
+pub(crate) struct PartitionWorker {
+    pub topic: Arc<str>,
+    pub owner: Ownership,
+    pub queue: Queue,
+    pub notify: Arc<Notify>,
+    pub consumer: Arc<BaseConsumer<SinkContext>>,
+    pub writer: BatchWriter,
+    pub store: OffsetStore,
+    pub settings: WorkerSettings,
+    pub cancel: CancellationToken,
+    pub stats: Arc<ConsumerStats>,
+    pub readiness: Arc<dyn Readiness>,
+    pub commands: std::sync::mpsc::Sender<Command>,
+    pub positions: Arc<Mutex<std::collections::HashMap<i32, i64>>>,
+}
+
+impl std::fmt::Debug for PartitionWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionWorker")
+            .field("topic", &self.topic)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the worker should do after a step.
+enum Flow {
+    Continue,
+    Stop(WorkerExit),
+}
+
+impl PartitionWorker {
+    #[tracing::instrument(name = "partition_worker", skip_all, fields(topic = %self.topic, partition = self.owner.partition, epoch = self.owner.owner_epoch))]
+    pub async fn run(mut self) -> WorkerExit {
+        tracing::info!(next_offset = self.owner.next_offset, "worker started");
+        self.publish_position();
+        let mut buffer: VecDeque<ConsumedRecord> = VecDeque::new();
+        let mut first_buffered_at: Option<Instant> = None;
+        // The expected offset we already re-sought for (a gap seen again after it persists).
+        let mut sought_for: Option<i64> = None;
+        let mut last_reread = Instant::now();
+        loop {
+            if self.cancel.is_cancelled() {
+                return WorkerExit::Cancelled;
+            }
+            if let Flow::Stop(exit) = self.fill(&mut buffer).await {
+                return exit;
+            }
+            while buffer
+                .front()
+                .is_some_and(|r| r.offset < self.owner.next_offset)
+            {
+                buffer.pop_front();
+            }
+            if buffer.is_empty() {
+                first_buffered_at = None;
+            } else if first_buffered_at.is_none() {
+                first_buffered_at = Some(Instant::now());
+            }
+
+            if let Some(front) = buffer.front().map(|r| r.offset)
+                && front > self.owner.next_offset
+            {
+                let expected = self.owner.next_offset;
+                if sought_for == Some(expected) {
+                    tracing::error!(
+                        expected,
+                        first_offset_seen = front,
+                        "offset gap persists after a re-seek: recording it and continuing"
+                    );
+                    match self.writer.record_gap(&mut self.owner, front).await {
+                        Ok(()) => {
+                            sought_for = None;
+                            self.publish_position();
+                        }
+                        Err(e) => {
+                            if let Flow::Stop(exit) = self.after_failed_write(e, &mut buffer).await
+                            {
+                                return exit;
+                            }
+                        }
+                    }
+                } else {
+                    tracing::warn!(
+                        expected,
+                        first_offset_seen = front,
+                        "first record is past the stored offset: re-seeking once"
+                    );
+                    sought_for = Some(expected);
+                    buffer.clear();
+                    first_buffered_at = None;
+                    self.seek(expected);
+                }
+                continue;
+            }
+
+            let (count, bytes, interrupted) = self.contiguous_prefix(&buffer);
+            let full = count >= self.settings.batch_max_records
+                || bytes >= self.settings.batch_max_bytes
+                || interrupted;
+            let lingered = first_buffered_at.is_some_and(|at| at.elapsed() >= self.settings.linger);
+            if count > 0 && (full || lingered) {
+                let records: Vec<PreparedRecord> =
+                    buffer.drain(..count).map(PreparedRecord::prepare).collect();
+                first_buffered_at = (!buffer.is_empty()).then(Instant::now);
+                if let Flow::Stop(exit) = self.write_with_retry(records, &mut buffer).await {
+                    return exit;
+                }
+                last_reread = Instant::now();
+                continue;
+            }
+
+            // Nothing to write yet: wait for records, the linger deadline, or the re-read tick.
+            if last_reread.elapsed() >= self.settings.idle_reread_interval {
+                last_reread = Instant::now();
+                if let Flow::Stop(exit) = self.reread(&mut buffer).await {
+                    return exit;
+                }
+                continue;
+            }
+            let mut wait = POLL_TICK.min(
+                self.settings
+                    .idle_reread_interval
+                    .saturating_sub(last_reread.elapsed()),
+            );
+            if let Some(at) = first_buffered_at {
+                wait = wait.min(self.settings.linger.saturating_sub(at.elapsed()));
+            }
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return WorkerExit::Cancelled,
+                () = self.notify.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Moves what the queue holds into the buffer (non-blocking), keeping the buffer strictly
+    /// increasing and within the batch limits.
+    async fn fill(&mut self, buffer: &mut VecDeque<ConsumedRecord>) -> Flow {
+        let mut bytes: usize = buffer.iter().map(ConsumedRecord::size).sum();
+        while buffer.len() < self.settings.batch_max_records
+            && bytes < self.settings.batch_max_bytes
+        {
+            let polled = match self.queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => Ok(ConsumedRecord::from_message(&message)),
+                Some(Err(e)) => Err(e),
+            };
+            match polled {
+                Ok(record) => {
+                    let tail = buffer
+                        .back()
+                        .map_or(self.owner.next_offset - 1, |r| r.offset);
+                    // Older than what we hold: a stale fetch from before a seek, or a
+                    // duplicate after a restart; its effect is (or will be) written already.
+                    if record.offset <= tail {
+                        continue;
+                    }
+                    bytes += record.size();
+                    buffer.push_back(record);
+                }
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+                    return self.out_of_range(buffer).await;
+                }
+                Err(e) => {
+                    tracing::warn!("partition queue error: {e}");
+                    break;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The stored offset is outside the log (retention deleted it, or the log is shorter than
+    /// the database remembers). librdkafka stopped fetching; decide where to restart.
+    async fn out_of_range(&mut self, buffer: &mut VecDeque<ConsumedRecord>) -> Flow {
+        buffer.clear();
+        let expected = self.owner.next_offset;
+        let consumer = self.consumer.clone();
+        let topic = self.topic.to_string();
+        let partition = self.owner.partition;
+        let watermarks = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+        })
+        .await;
+        let (low, high) = match watermarks {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                tracing::warn!(expected, "offset out of range, watermarks unavailable: {e}");
+                self.request_restart(expected);
+                return self.backoff(0).await;
+            }
+            Err(e) => {
+                tracing::warn!("watermark task failed: {e}");
+                self.request_restart(expected);
+                return self.backoff(0).await;
+            }
+        };
+        if expected < low {
+            tracing::error!(
+                expected,
+                log_start = low,
+                "records before the log start were deleted before they were written: recording the gap"
+            );
+            let mut attempt = 0;
+            loop {
+                match self.writer.record_gap(&mut self.owner, low).await {
+                    Ok(()) => break,
+                    Err(WriteError::Fenced { .. }) => return Flow::Stop(WorkerExit::Fenced),
+                    Err(WriteError::Moved { stored }) => {
+                        self.follow(stored, buffer);
+                        return Flow::Continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("recording the gap failed: {e}");
+                        if let Flow::Stop(exit) = self.backoff(attempt).await {
+                            return Flow::Stop(exit);
+                        }
+                        attempt += 1;
+                    }
+                }
+            }
+            self.publish_position();
+            self.request_restart(low);
+            Flow::Continue
+        } else {
+            tracing::error!(
+                expected,
+                log_start = low,
+                log_end = high,
+                "stored offset is past the log end: waiting for the log to reach it"
+            );
+            self.request_restart(expected);
+            self.backoff(5).await
+        }
+    }
+
+    /// The number, bytes and interruption of the contiguous run at the buffer's front.
+    fn contiguous_prefix(&self, buffer: &VecDeque<ConsumedRecord>) -> (usize, usize, bool) {
+        let mut count = 0;
+        let mut bytes = 0;
+        for (expected, record) in (self.owner.next_offset..).zip(buffer.iter()) {
+            if record.offset != expected
+                || count >= self.settings.batch_max_records
+                || (count > 0 && bytes + record.size() > self.settings.batch_max_bytes)
+            {
+                return (count, bytes, true);
+            }
+            count += 1;
+            bytes += record.size();
+        }
+        (count, bytes, false)
+    }
+
+    /// Writes one batch, retrying transient failures with backoff while the partition is paused.
+    async fn write_with_retry(
+        &mut self,
+        records: Vec<PreparedRecord>,
+        buffer: &mut VecDeque<ConsumedRecord>,
+    ) -> Flow {
+        let mut attempt = 0u32;
+        let mut paused = false;
+        let flow = loop {
+            let start = self.owner.next_offset;
+            let pending: Vec<PreparedRecord> = records
+                .iter()
+                .filter(|r| r.record.offset >= start)
+                .cloned()
+                .collect();
+            if pending.is_empty() {
+                break Flow::Continue;
+            }
+            match self.writer.write(&mut self.owner, &pending).await {
+                Ok(summary) => {
+                    tracing::debug!(
+                        records = summary.records,
+                        dead_letters = summary.dead_letters,
+                        next_offset = self.owner.next_offset,
+                        "batch committed"
+                    );
+                    self.readiness.ready("postgres");
+                    self.after_commit().await;
+                    break Flow::Continue;
+                }
+                Err(WriteError::Transient(e)) => {
+                    self.stats.transient_error();
+                    self.readiness
+                        .not_ready("postgres", format!("batch write failing: {e}"));
+                    tracing::warn!(attempt, "transient error writing a batch, retrying: {e}");
+                    if !paused {
+                        paused = self.set_paused(true);
+                    }
+                    if let Flow::Stop(exit) = self.backoff(attempt).await {
+                        break Flow::Stop(exit);
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(e) => break self.after_failed_write(e, buffer).await,
+            }
+        };
+        if paused {
+            self.set_paused(false);
+        }
+        flow
+    }
+
+    /// Handles a fence or a moved offset (transient errors are retried by the caller).
+    async fn after_failed_write(
+        &mut self,
+        error: WriteError,
+        buffer: &mut VecDeque<ConsumedRecord>,
+    ) -> Flow {
+        match error {
+            WriteError::Fenced { stored } => {
+                // No pause here: the new owner may be this very process (a re-assignment after
+                // a revoke that gave up waiting), and pausing would stall its worker.
+                tracing::warn!(
+                    ?stored,
+                    "fenced: another owner took the partition; stopping"
+                );
+                Flow::Stop(WorkerExit::Fenced)
+            }
+            WriteError::Moved { stored } => {
+                self.follow(stored, buffer);
+                Flow::Continue
+            }
+            WriteError::Transient(e) | WriteError::Deterministic(e) => {
+                self.stats.transient_error();
+                tracing::warn!("write failed, retrying: {e}");
+                self.backoff(0).await
+            }
+        }
+    }
+
+    /// Continues from the stored row (a replay, or a commit of unknown outcome that landed).
+    fn follow(&mut self, stored: StoredOffset, buffer: &mut VecDeque<ConsumedRecord>) {
+        tracing::info!(
+            from = self.owner.next_offset,
+            to = stored.next_offset,
+            rewind_seq = stored.rewind_seq,
+            "stored offset moved: following it"
+        );
+        self.stats.rewind_followed();
+        self.owner.next_offset = stored.next_offset;
+        self.owner.rewind_seq = stored.rewind_seq;
+        buffer.clear();
+        self.seek(stored.next_offset);
+        self.publish_position();
+    }
+
+    /// The idle re-read: notices replays and new owners while nothing is written.
+    async fn reread(&mut self, buffer: &mut VecDeque<ConsumedRecord>) -> Flow {
+        match self.store.read(self.owner.partition).await {
+            Ok(Some(stored)) if stored.owner_epoch != self.owner.owner_epoch => {
+                tracing::warn!(?stored, "a newer owner holds the partition; stopping");
+                Flow::Stop(WorkerExit::Fenced)
+            }
+            Ok(Some(stored))
+                if stored.rewind_seq != self.owner.rewind_seq
+                    || stored.next_offset != self.owner.next_offset =>
+            {
+                self.follow(stored, buffer);
+                Flow::Continue
+            }
+            Ok(Some(_)) => {
+                self.readiness.ready("postgres");
+                Flow::Continue
+            }
+            Ok(None) => {
+                tracing::error!("the partition's offsets row disappeared; stopping");
+                Flow::Stop(WorkerExit::Fenced)
+            }
+            Err(e) => {
+                self.readiness
+                    .not_ready("postgres", format!("cannot read offsets: {e}"));
+                tracing::warn!("re-reading the offsets row failed: {e}");
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The advisory Kafka mirror of the committed offset, and the published position.
+    async fn after_commit(&mut self) {
+        failpoints_after_commit().await;
+        self.publish_position();
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(
+                &self.topic,
+                self.owner.partition,
+                Offset::Offset(self.owner.next_offset),
+            )
+            .is_ok()
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::debug!("advisory Kafka commit failed (not fatal): {e}");
+        }
+    }
+
+    fn publish_position(&self) {
+        if let Ok(mut positions) = self.positions.lock() {
+            positions.insert(self.owner.partition, self.owner.next_offset);
+        }
+    }
+
+    fn seek(&self, offset: i64) {
+        // Timeout zero makes the seek asynchronous: nothing blocks the runtime thread.
+        if let Err(e) = self.consumer.seek(
+            &self.topic,
+            self.owner.partition,
+            Offset::Offset(offset),
+            Duration::ZERO,
+        ) {
+            tracing::warn!(offset, "seek failed, asking for a fetch restart: {e}");
+            self.request_restart(offset);
+        }
+    }
+
+    fn request_restart(&self, offset: i64) {
+        let _ = self.commands.send(Command::RestartFetch {
+            partition: self.owner.partition,
+            offset,
+        });
+    }
+
+    /// Pauses or resumes fetching this partition; returns whether the partition is now paused.
+    fn set_paused(&self, paused: bool) -> bool {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.owner.partition);
+        let result = if paused {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = &result {
+            tracing::debug!(paused, "pause/resume failed: {e}");
+        }
+        paused && result.is_ok()
+    }
+
+    async fn backoff(&self, attempt: u32) -> Flow {
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Flow::Stop(WorkerExit::Cancelled),
+            () = tokio::time::sleep(self.settings.retry.delay(attempt)) => Flow::Continue,
+        }
+    }
+}
+
+async fn failpoints_after_commit() {
+    crate::failpoints::delay("consumer::after_commit").await;
+}

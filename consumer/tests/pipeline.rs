@@ -1,0 +1,460 @@
+//! End-to-end tests of `consumer::run` in-process: a real broker (mock cluster by default,
+//! `TGINGEST_TEST_BROKER=tansu` or `KAFKA_BROKERS` for the others) and a fresh PostgreSQL database.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use consumer::{AssignmentStrategy, ConsumerStats, OffsetStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_fixture_updates_and_messages_become_rows_and_the_checker_passes() {
+    let (db, broker, topic, group) = setup(4).await;
+    let mut outgoing: Vec<Outgoing> = fixtures()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, bytes))| {
+            let update_id: i64 = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["update_id"].as_i64())
+                .unwrap_or(i as i64);
+            Outgoing::update((i % 4) as i32, i as i64, update_id, bytes)
+        })
+        .collect();
+    let fixture_count = outgoing.len();
+    assert!(
+        fixture_count >= 20,
+        "the fixtures are present ({fixture_count})"
+    );
+    outgoing.extend(messages(1_000, 300, 4));
+    let manifest = produce(&broker, &topic, &outgoing).await;
+
+    let consumer = Running::start(config(&broker, &group, &topic), db.pool().clone());
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
+    assert_invariants(&db, &group, &manifest).await;
+
+    let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_updates")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        raw as usize,
+        fixture_count + 300,
+        "one raw row per distinct update"
+    );
+    let text: String = sqlx::query_scalar(
+        "SELECT text FROM messages WHERE bot_id = $1 AND chat_id = $2 AND message_id = $3",
+    )
+    .bind(BOT)
+    .bind(-1_001_000_000_000_i64 - (1_150 % 7))
+    .bind(1_150_i64)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(text, "hello 1150");
+    let users: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE user_id BETWEEN 100000 AND 100012")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(users, 13, "each generated user is upserted once");
+    let json_ok: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM raw_updates WHERE payload IS NOT NULL")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert!(
+        json_ok as usize >= fixture_count + 300 - 2,
+        "payloads are queryable as jsonb"
+    );
+    let kafka_mirror_ok = consumer.consumed() as usize == manifest.len();
+    assert!(
+        kafka_mirror_ok,
+        "every record consumed exactly once: {}",
+        consumer.consumed()
+    );
+    consumer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_a_poison_record_becomes_a_dead_letter_while_its_batch_lands() {
+    let (db, broker, topic, group) = setup(1).await;
+    let mut outgoing = messages(1, 20, 1);
+    outgoing.insert(
+        7,
+        Outgoing::update(0, 1, 0, b"{\"update_id\": \"not a number\"}".to_vec()),
+    );
+    outgoing.insert(
+        12,
+        Outgoing::update(0, 1, 0, b"\xff\xfe not utf-8".to_vec()),
+    );
+    let mut envelope = Outgoing::update(0, 1, 0, b"{\"original_size\": 12000000}".to_vec());
+    envelope
+        .headers
+        .push(("tg-error".into(), b"too_large: 12000000 bytes".to_vec()));
+    outgoing.insert(15, envelope);
+    let manifest = produce(&broker, &topic, &outgoing).await;
+
+    let consumer = Running::start(config(&broker, &group, &topic), db.pool().clone());
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
+    assert_invariants(&db, &group, &manifest).await;
+
+    let dead: Vec<(i64, String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT kafka_offset, error_class, payload FROM dead_letters WHERE resolved_at IS NULL ORDER BY kafka_offset",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let classes: Vec<&str> = dead.iter().map(|d| d.1.as_str()).collect();
+    assert_eq!(
+        classes,
+        ["update_id_not_integer", "not_utf8", "producer_envelope"]
+    );
+    assert_eq!(dead[0].0, manifest[7].offset);
+    assert_eq!(
+        dead[1].2.as_deref(),
+        manifest[12].value.as_deref(),
+        "the payload is kept byte-exact"
+    );
+    let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_updates")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(raw, 20, "every good record of the batch is written");
+    assert_eq!(ConsumerStats::get(&consumer.stats.dead_letters), 3);
+    consumer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_a_restart_resumes_from_stored_offsets_without_duplicates() {
+    let (db, broker, topic, group) = setup(3).await;
+    let mut manifest = produce(&broker, &topic, &messages(1, 150, 3)).await;
+    let first = Running::start(config(&broker, &group, &topic), db.pool().clone());
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
+    assert_eq!(first.consumed(), 150);
+    first.stop().await;
+
+    manifest.extend(produce(&broker, &topic, &messages(1_000, 90, 3)).await);
+    let second = Running::start(config(&broker, &group, &topic), db.pool().clone());
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
+    assert_invariants(&db, &group, &manifest).await;
+    assert_eq!(
+        second.consumed(),
+        90,
+        "the restarted consumer reads only what is new"
+    );
+    second.stop().await;
+}
+
+async fn two_consumers_share_partitions(strategy: AssignmentStrategy) {
+    let (db, broker, topic, group) = setup(6).await;
+    let mut cfg = config(&broker, &group, &topic);
+    cfg.assignment_strategy = strategy;
+    let a = Running::start(cfg.clone(), db.pool().clone());
+    let b = Running::start(cfg, db.pool().clone());
+    let mut manifest = Vec::new();
+    for round in 0..6 {
+        manifest.extend(produce(&broker, &topic, &messages(round * 1_000, 100, 6)).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(50)).await;
+    assert_invariants(&db, &group, &manifest).await;
+    assert!(
+        a.consumed() > 0 && b.consumed() > 0,
+        "both consumers worked: {} and {}",
+        a.consumed(),
+        b.consumed()
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_two_cooperative_consumers_in_one_group_share_partitions_and_the_checker_passes() {
+    two_consumers_share_partitions(AssignmentStrategy::CooperativeSticky).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_two_eager_consumers_in_one_group_share_partitions_and_the_checker_passes() {
+    two_consumers_share_partitions(AssignmentStrategy::Range).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_a_replay_is_followed_by_the_running_consumer_and_rewrites_nothing() {
+    let (db, broker, topic, group) = setup(2).await;
+    let manifest = produce(&broker, &topic, &messages(1, 120, 2)).await;
+    let consumer = Running::start(config(&broker, &group, &topic), db.pool().clone());
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
+    let snapshot = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT string_agg(m::text, '\n' ORDER BY chat_id, message_id) FROM messages m",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = snapshot(db.pool().clone()).await;
+
+    let store = OffsetStore::new(db.pool().clone(), &group, &topic);
+    for partition in 0..2 {
+        store.rewind(partition, 0).await.unwrap();
+    }
+    wait_until(Duration::from_secs(30), "both replays followed", || async {
+        ConsumerStats::get(&consumer.stats.rewinds_followed) >= 2
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "everything consumed twice",
+        || async { consumer.consumed() >= 240 },
+    )
+    .await;
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(30)).await;
+    assert_invariants(&db, &group, &manifest).await;
+    assert_eq!(
+        snapshot(db.pool().clone()).await,
+        before,
+        "equal input rewrites no row (updated_at unchanged)"
+    );
+    assert_eq!(
+        ConsumerStats::get(&consumer.stats.fenced_writes),
+        0,
+        "a replay never fences the owner"
+    );
+    consumer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_terminated_postgres_backends_are_survived_and_the_checker_passes() {
+    let (db, broker, topic, group) = setup(3).await;
+    let app = format!("consumer-test-{}", testkit::random_suffix(8));
+    let options: sqlx::postgres::PgConnectOptions = db.url().parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(6)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options.application_name(&app))
+        .await
+        .unwrap();
+    let consumer = Running::start(config(&broker, &group, &topic), pool);
+    let mut manifest = Vec::new();
+    let mut terminated = 0i64;
+    for round in 0..8 {
+        manifest.extend(produce(&broker, &topic, &messages(round * 1_000, 80, 3)).await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(&app)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        terminated += killed;
+    }
+    assert!(
+        terminated > 0,
+        "the test terminated some of the consumer's backends"
+    );
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(50)).await;
+    assert_invariants(&db, &group, &manifest).await;
+    consumer.stop().await;
+}
+
+/// The mock cluster keeps about 5 MB per partition and silently deletes older record sets, which
+/// is exactly retention deleting records the group had not written yet.
+async fn deleted_records_are_recorded_as_a_gap(strategy: AssignmentStrategy) {
+    let (db, broker, topic, group) = setup(1).await;
+    if broker.kind() != testkit::BrokerKind::Mock {
+        eprintln!(
+            "skipped on {:?}: deleting records needs the mock cluster's 5 MB log cap",
+            broker.kind()
+        );
+        return;
+    }
+    let big = "a".repeat(100_000);
+    let outgoing: Vec<Outgoing> = (1..=70)
+        .map(|i| Outgoing::update(0, -5, i, message(i, -5, 9, i, 1_760_000_000 + i, &big)))
+        .collect();
+    let manifest = produce(&broker, &topic, &outgoing).await;
+    // The group had a stored offset at 0 before the records were deleted.
+    OffsetStore::new(db.pool().clone(), &group, &topic)
+        .rewind(0, 0)
+        .await
+        .unwrap();
+
+    let mut cfg = config(&broker, &group, &topic);
+    cfg.assignment_strategy = strategy;
+    let consumer = Running::start(cfg, db.pool().clone());
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
+    let gaps: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT expected_offset, first_offset_seen FROM offset_gaps WHERE group_id = $1",
+    )
+    .bind(&group)
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(gaps.len(), 1, "one gap recorded: {gaps:?}");
+    let (expected, first_seen) = gaps[0];
+    assert_eq!(expected, 0);
+    assert!(
+        first_seen > 0 && first_seen < 70,
+        "the log start moved: {first_seen}"
+    );
+    assert_eq!(ConsumerStats::get(&consumer.stats.offset_gaps), 1);
+
+    // Everything still in the log is written exactly once; the checker names the gap.
+    let kept: Vec<_> = manifest
+        .iter()
+        .filter(|r| r.offset >= first_seen)
+        .cloned()
+        .collect();
+    let report = consumer::check::InvariantChecker::new(db.pool().clone(), &group)
+        .check(&kept)
+        .await
+        .unwrap();
+    assert_eq!(report.with_rows, kept.len());
+    assert_eq!(
+        report.violations,
+        vec![consumer::check::Violation::OffsetGap {
+            topic: topic.clone(),
+            partition: 0,
+            expected_offset: 0,
+            first_offset_seen: first_seen,
+        }]
+    );
+    consumer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_records_deleted_before_they_were_written_are_recorded_as_a_gap_cooperative() {
+    deleted_records_are_recorded_as_a_gap(AssignmentStrategy::CooperativeSticky).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_records_deleted_before_they_were_written_are_recorded_as_a_gap_eager() {
+    deleted_records_are_recorded_as_a_gap(AssignmentStrategy::Range).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_a_broker_outage_is_waited_out_and_the_checker_passes() {
+    let (db, broker, topic, group) = setup(3).await;
+    let consumer = Running::start(config(&broker, &group, &topic), db.pool().clone());
+    let mut manifest = produce(&broker, &topic, &messages(1, 150, 3)).await;
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(40)).await;
+    broker.set_available(false).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    broker.set_available(true).await.unwrap();
+    manifest.extend(produce(&broker, &topic, &messages(1_000, 150, 3)).await);
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
+    assert_invariants(&db, &group, &manifest).await;
+    consumer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_a_postgres_outage_longer_than_the_session_timeout_keeps_the_group_membership() {
+    init_tracing();
+    let cluster = testkit::PrivateCluster::start().await.unwrap();
+    let admin = sqlx::PgPool::connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE sink")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(6)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&cluster.url("sink"))
+        .await
+        .unwrap();
+    testkit::pg::MIGRATOR.run(&pool).await.unwrap();
+    let broker = testkit::TestBroker::start().await.unwrap();
+    let topic = broker.unique_topic("tg-updates");
+    broker.create_topic(&topic, 3).await.unwrap();
+    let group = broker.unique_group("sink");
+
+    let consumer = Running::start(config(&broker, &group, &topic), pool.clone());
+    let mut manifest = produce(&broker, &topic, &messages(1, 90, 3)).await;
+    wait_until(
+        Duration::from_secs(40),
+        "the first records written",
+        || async { consumer.consumed() == 90 },
+    )
+    .await;
+    cluster.stop(testkit::StopMode::Fast).await.unwrap();
+    manifest.extend(produce(&broker, &topic, &messages(1_000, 90, 3)).await);
+    // Longer than the 6 s session timeout: an evicted member would be revoked and re-assigned.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    cluster.start_again().await.unwrap();
+    wait_until(
+        Duration::from_secs(40),
+        "everything written after the outage",
+        || async { consumer.consumed() == 180 },
+    )
+    .await;
+    assert!(
+        ConsumerStats::get(&consumer.stats.transient_errors) > 0,
+        "the outage was felt"
+    );
+    assert_eq!(
+        ConsumerStats::get(&consumer.stats.revocations),
+        0,
+        "the member was never evicted"
+    );
+    let report = consumer::check::InvariantChecker::new(pool.clone(), &group)
+        .check(&manifest)
+        .await
+        .unwrap();
+    report.assert_ok();
+    consumer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_a_missing_topic_is_a_startup_error_naming_it() {
+    let (db, broker, _topic, group) = setup(1).await;
+    let missing = broker.unique_topic("absent");
+    let result = tokio::time::timeout(
+        Duration::from_secs(40),
+        consumer::run(
+            config(&broker, &group, &missing),
+            db.pool().clone(),
+            tokio_util::sync::CancellationToken::new(),
+            std::sync::Arc::new(consumer::NoReadiness),
+        ),
+    )
+    .await
+    .expect("startup fails promptly");
+    let err = format!(
+        "{:#}",
+        result.expect_err("a missing topic must fail startup")
+    );
+    assert!(
+        err.contains(&missing) && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_an_unmigrated_database_is_a_startup_error_saying_to_migrate() {
+    init_tracing();
+    let db = testkit::TestDb::create_empty().await.unwrap();
+    let broker = testkit::TestBroker::start().await.unwrap();
+    let result = consumer::run(
+        config(&broker, "g", "t"),
+        db.pool().clone(),
+        tokio_util::sync::CancellationToken::new(),
+        std::sync::Arc::new(consumer::NoReadiness),
+    )
+    .await;
+    let err = format!(
+        "{:#}",
+        result.expect_err("an empty database must fail startup")
+    );
+    assert!(
+        err.contains("raw_updates is missing") && err.contains("tgingest migrate"),
+        "{err}"
+    );
+}

@@ -1,0 +1,493 @@
+//! The batch writer against real PostgreSQL, without a broker: fencing, rewinds, isolation of
+//! bad records, and order-independence of the written rows.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use consumer::ConsumerStats;
+use consumer::offsets::{OffsetStore, Ownership};
+use consumer::projection::ProjectionSchema;
+use consumer::record::ConsumedRecord;
+use consumer::writer::{BatchWriter, PreparedRecord, WriteError};
+use proptest::prelude::*;
+use sqlx::PgPool;
+use testkit::TestDb;
+
+const TOPIC: &str = "tg.updates";
+const GROUP: &str = "sink";
+
+async fn writer(pool: &PgPool, processor_version: i32) -> BatchWriter {
+    let schema = Arc::new(ProjectionSchema::load(pool).await.unwrap());
+    BatchWriter::new(
+        pool.clone(),
+        GROUP,
+        TOPIC,
+        Duration::from_secs(10),
+        processor_version,
+        schema,
+        Arc::new(ConsumerStats::default()),
+    )
+}
+
+fn record(offset: i64, value: Vec<u8>) -> PreparedRecord {
+    PreparedRecord::prepare(ConsumedRecord {
+        topic: TOPIC.into(),
+        partition: 0,
+        offset,
+        key: Some(format!("{BOT}:1").into_bytes()),
+        payload: Some(value),
+        headers: vec![
+            ("tg-bot-id".into(), Some(BOT.to_string().into_bytes())),
+            ("tg-received-at".into(), Some(b"1760000000000".to_vec())),
+        ],
+        timestamp_ms: Some(1_760_000_000_000),
+    })
+}
+
+/// Records at offsets `first..`, one per payload.
+fn records(first: i64, payloads: Vec<Vec<u8>>) -> Vec<PreparedRecord> {
+    payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| record(first + i as i64, p))
+        .collect()
+}
+
+async fn own(pool: &PgPool) -> Ownership {
+    OffsetStore::new(pool.clone(), GROUP, TOPIC)
+        .take_ownership_from(0, 0)
+        .await
+        .unwrap()
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_commits_its_rows_and_advances_the_offset_in_one_transaction() {
+    let db = TestDb::create().await.unwrap();
+    let w = writer(db.pool(), 1).await;
+    let mut owner = own(db.pool()).await;
+    let batch = records(
+        0,
+        (1..=5)
+            .map(|i| message(i, -100, 42, i, 1_760_000_000, "hi"))
+            .collect(),
+    );
+    let summary = w.write(&mut owner, &batch).await.unwrap();
+    assert_eq!(
+        (summary.records, summary.dead_letters, summary.transactions),
+        (5, 0, 1)
+    );
+    assert_eq!(owner.next_offset, 5);
+    let stored = OffsetStore::new(db.pool().clone(), GROUP, TOPIC)
+        .read(0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.next_offset, 5);
+    assert_eq!(count(db.pool(), "SELECT count(*) FROM messages").await, 5);
+    assert_eq!(count(db.pool(), "SELECT count(*) FROM users").await, 1);
+}
+
+#[tokio::test]
+async fn a_worker_with_a_stale_epoch_is_fenced_and_writes_nothing() {
+    let db = TestDb::create().await.unwrap();
+    let w = writer(db.pool(), 1).await;
+    let mut zombie = own(db.pool()).await;
+    let store = OffsetStore::new(db.pool().clone(), GROUP, TOPIC);
+    let successor = store.take_ownership(0).await.unwrap().unwrap();
+    assert_eq!(successor.owner_epoch, zombie.owner_epoch + 1);
+
+    let batch = records(0, vec![message(1, -100, 42, 1, 1_760_000_000, "zombie")]);
+    let err = w.write(&mut zombie, &batch).await.unwrap_err();
+    assert!(
+        matches!(err, WriteError::Fenced { stored: Some(s) } if s.owner_epoch == successor.owner_epoch),
+        "{err}"
+    );
+    assert_eq!(zombie.next_offset, 0);
+    assert_eq!(
+        count(db.pool(), "SELECT count(*) FROM raw_updates").await,
+        0
+    );
+    assert_eq!(count(db.pool(), "SELECT count(*) FROM messages").await, 0);
+    assert_eq!(store.read(0).await.unwrap().unwrap().next_offset, 0);
+    // No connection is left inside a transaction.
+    assert_eq!(
+        count(db.pool(), "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_replay_is_reported_as_moved_not_fenced_and_writes_nothing() {
+    let db = TestDb::create().await.unwrap();
+    let w = writer(db.pool(), 1).await;
+    let mut owner = own(db.pool()).await;
+    w.write(
+        &mut owner,
+        &records(0, vec![message(1, -100, 42, 1, 1_760_000_000, "a")]),
+    )
+    .await
+    .unwrap();
+    let store = OffsetStore::new(db.pool().clone(), GROUP, TOPIC);
+    let rewound = store.rewind(0, 0).await.unwrap();
+    assert_eq!(
+        (rewound.next_offset, rewound.owner_epoch, rewound.rewind_seq),
+        (0, owner.owner_epoch, 1)
+    );
+
+    let err = w
+        .write(
+            &mut owner,
+            &records(1, vec![message(2, -100, 42, 2, 1_760_000_001, "b")]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, WriteError::Moved { stored } if stored.next_offset == 0 && stored.rewind_seq == 1),
+        "{err}"
+    );
+    assert_eq!(
+        count(db.pool(), "SELECT count(*) FROM raw_updates").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_deterministic_database_error_isolates_the_record_as_a_dead_letter_and_the_rest_lands() {
+    let db = TestDb::create().await.unwrap();
+    // A constraint only one record violates stands in for any data-dependent error (22xxx/23xxx).
+    sqlx::query(
+        "ALTER TABLE messages ADD CONSTRAINT test_no_poison CHECK (text IS DISTINCT FROM 'poison')",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let w = writer(db.pool(), 1).await;
+    let mut owner = own(db.pool()).await;
+    let payloads: Vec<Vec<u8>> = (1..=9)
+        .map(|i| {
+            message(
+                i,
+                -100,
+                42,
+                i,
+                1_760_000_000,
+                if i == 6 { "poison" } else { "fine" },
+            )
+        })
+        .collect();
+    let summary = w.write(&mut owner, &records(0, payloads)).await.unwrap();
+    assert_eq!(summary.records, 9);
+    assert_eq!(summary.dead_letters, 1);
+    assert!(summary.transactions > 2, "the batch was split: {summary:?}");
+    assert_eq!(owner.next_offset, 9);
+    assert_eq!(count(db.pool(), "SELECT count(*) FROM messages").await, 8);
+    let (offset, class): (i64, String) = sqlx::query_as(
+        "SELECT kafka_offset, error_class FROM dead_letters WHERE resolved_at IS NULL",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!((offset, class.as_str()), (5, "db_23514"));
+    assert_eq!(
+        count(db.pool(), "SELECT count(*) FROM raw_updates").await,
+        8,
+        "the poison record has no rows"
+    );
+}
+
+#[tokio::test]
+async fn rows_for_a_record_resolve_its_open_dead_letter() {
+    let db = TestDb::create().await.unwrap();
+    sqlx::query(
+        "ALTER TABLE messages ADD CONSTRAINT test_no_poison CHECK (text IS DISTINCT FROM 'poison')",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let w = writer(db.pool(), 1).await;
+    let mut owner = own(db.pool()).await;
+    let batch = records(0, vec![message(1, -100, 42, 1, 1_760_000_000, "poison")]);
+    w.write(&mut owner, &batch).await.unwrap();
+    assert_eq!(
+        count(
+            db.pool(),
+            "SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL"
+        )
+        .await,
+        1
+    );
+
+    // The operator fixes the cause and replays.
+    sqlx::query("ALTER TABLE messages DROP CONSTRAINT test_no_poison")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let store = OffsetStore::new(db.pool().clone(), GROUP, TOPIC);
+    let stored = store.rewind(0, 0).await.unwrap();
+    owner.next_offset = stored.next_offset;
+    owner.rewind_seq = stored.rewind_seq;
+    w.write(&mut owner, &batch).await.unwrap();
+    assert_eq!(
+        count(
+            db.pool(),
+            "SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(count(db.pool(), "SELECT count(*) FROM messages").await, 1);
+}
+
+#[tokio::test]
+async fn payloads_jsonb_refuses_are_stored_as_bytes_not_dead_lettered() {
+    let db = TestDb::create().await.unwrap();
+    let w = writer(db.pool(), 1).await;
+    let mut owner = own(db.pool()).await;
+    let nul = br#"{"update_id":5,"message":{"message_id":1,"chat":{"id":-100,"type":"group","title":"t"},"date":1760000000,"text":"a\u0000b"}}"#.to_vec();
+    let surrogate = br#"{"update_id":6,"message":{"message_id":2,"chat":{"id":-100,"type":"group","title":"t"},"date":1760000000,"text":"x\ud83dy"}}"#.to_vec();
+    w.write(
+        &mut owner,
+        &records(0, vec![nul.clone(), surrogate.clone()]),
+    )
+    .await
+    .unwrap();
+    let rows: Vec<(Vec<u8>, bool)> =
+        sqlx::query_as("SELECT payload_bytes, payload IS NULL FROM raw_updates ORDER BY update_id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, vec![(nul, true), (surrogate, true)]);
+    let texts: Vec<String> = sqlx::query_scalar("SELECT text FROM messages ORDER BY message_id")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(texts, ["a\u{fffd}b", "x\u{fffd}y"]);
+    assert_eq!(
+        count(db.pool(), "SELECT count(*) FROM dead_letters").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn edits_out_of_order_and_before_their_message_end_with_the_newest_text_and_full_history() {
+    let db = TestDb::create().await.unwrap();
+    let w = writer(db.pool(), 1).await;
+    let mut owner = own(db.pool()).await;
+    let t = 1_760_000_000;
+    // Delivered: second edit, first edit, then the original message, each in its own batch.
+    let deliveries = [
+        edited(12, -100, 42, 77, t, t + 20, "third version"),
+        edited(11, -100, 42, 77, t, t + 10, "second version"),
+        message(10, -100, 42, 77, t, "first version"),
+    ];
+    for (offset, payload) in deliveries.into_iter().enumerate() {
+        w.write(&mut owner, &records(offset as i64, vec![payload]))
+            .await
+            .unwrap();
+    }
+    let text: String =
+        sqlx::query_scalar("SELECT text FROM messages WHERE chat_id = -100 AND message_id = 77")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(text, "third version");
+    let history: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT src_update_id, text FROM message_edits WHERE chat_id = -100 AND message_id = 77 ORDER BY edit_date",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        history,
+        vec![(11, "second version".into()), (12, "third version".into())]
+    );
+}
+
+#[tokio::test]
+async fn a_newer_processor_version_rewrites_rows_of_the_same_update_but_never_beats_a_newer_update()
+{
+    let db = TestDb::create().await.unwrap();
+    let v1 = writer(db.pool(), 1).await;
+    let v2 = writer(db.pool(), 2).await;
+    let mut owner = own(db.pool()).await;
+    let t = 1_760_000_000;
+    v1.write(
+        &mut owner,
+        &records(
+            0,
+            vec![
+                message(1, -100, 42, 1, t, "old"),
+                edited(2, -100, 42, 1, t, t + 5, "new"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    // A replay of the original message with a newer processor must not regress the edit.
+    v2.write(
+        &mut owner,
+        &records(2, vec![message(1, -100, 42, 1, t, "old")]),
+    )
+    .await
+    .unwrap();
+    let (text, version): (String, i32) =
+        sqlx::query_as("SELECT text, processor_version FROM messages WHERE message_id = 1")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!((text.as_str(), version), ("new", 1));
+    // A replay of the edit itself with the newer processor rewrites its rows.
+    v2.write(
+        &mut owner,
+        &records(3, vec![edited(2, -100, 42, 1, t, t + 5, "new")]),
+    )
+    .await
+    .unwrap();
+    let version: i32 =
+        sqlx::query_scalar("SELECT processor_version FROM messages WHERE message_id = 1")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(version, 2);
+}
+
+/// Every projection table's content, as text, in key order (updated_at excluded: it records when,
+/// not what).
+async fn projection_state(pool: &PgPool) -> Vec<String> {
+    let mut state = Vec::new();
+    for (table, _) in consumer::projection::TABLES {
+        let sql = format!(
+            "SELECT coalesce(string_agg(r, E'\\n' ORDER BY r), '') FROM \
+             (SELECT (to_jsonb(t) - 'updated_at')::text AS r FROM {table} t) s"
+        );
+        let rows: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        state.push(format!("{table}:\n{rows}"));
+    }
+    let raw: String = sqlx::query_scalar(
+        "SELECT coalesce(string_agg(encode(payload_bytes, 'escape'), E'\\n' ORDER BY bot_id, update_id, payload_sha256), '') FROM raw_updates",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    state.push(raw);
+    state
+}
+
+async fn reset(pool: &PgPool) {
+    let tables: Vec<&str> = consumer::projection::TABLES
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    let sql = format!(
+        "TRUNCATE raw_updates, dead_letters, consumer_offsets, {}",
+        tables.join(", ")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Applies `payloads` in batches of `batch` records.
+async fn apply(pool: &PgPool, w: &BatchWriter, payloads: &[Vec<u8>], batch: usize) {
+    let mut owner = own(pool).await;
+    for chunk in payloads.chunks(batch.max(1)) {
+        let first = owner.next_offset;
+        w.write(&mut owner, &records(first, chunk.to_vec()))
+            .await
+            .unwrap();
+    }
+}
+
+/// Messages, edits of them (some before the original) and users seen with changing names.
+fn update_history() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    prop::collection::vec((0i64..3, 0i64..4, 0i64..4, 0u8..3, "[a-z]{0,6}"), 1..40).prop_map(
+        |specs| {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (chat, msg, user, kind, text))| {
+                    let update_id = 500 + i as i64;
+                    let chat_id = -100 - chat;
+                    let date = 1_760_000_000 + msg * 10;
+                    match kind {
+                        0 => message(update_id, chat_id, 42 + user, msg, date, &text),
+                        // Edits share dates on purpose: equal edit_date, the update id decides.
+                        _ => edited(
+                            update_id,
+                            chat_id,
+                            42 + user,
+                            msg,
+                            date,
+                            date + 5 + i as i64 % 3,
+                            &text,
+                        ),
+                    }
+                })
+                .collect()
+        },
+    )
+}
+
+#[test]
+fn shuffled_duplicated_redelivery_converges_to_the_in_order_rows() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (in_order_db, shuffled_db) = runtime.block_on(async {
+        (
+            TestDb::create().await.unwrap(),
+            TestDb::create().await.unwrap(),
+        )
+    });
+    let (w1, w2) = runtime.block_on(async {
+        (
+            writer(in_order_db.pool(), 1).await,
+            writer(shuffled_db.pool(), 1).await,
+        )
+    });
+    let config = ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(
+        history in update_history(),
+        seed in any::<u64>(),
+        duplicates in prop::collection::vec(any::<prop::sample::Index>(), 0..15),
+        batch_in_order in 1usize..8,
+        batch_shuffled in 1usize..8,
+    )| {
+        let mut redelivered = history.clone();
+        for d in &duplicates {
+            redelivered.push(history[d.index(history.len())].clone());
+        }
+        // A deterministic Fisher–Yates shuffle from the seed.
+        let mut state = seed | 1;
+        for i in (1..redelivered.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            redelivered.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let (expected, actual) = runtime.block_on(async {
+            reset(in_order_db.pool()).await;
+            reset(shuffled_db.pool()).await;
+            apply(in_order_db.pool(), &w1, &history, batch_in_order).await;
+            apply(shuffled_db.pool(), &w2, &redelivered, batch_shuffled).await;
+            (projection_state(in_order_db.pool()).await, projection_state(shuffled_db.pool()).await)
+        });
+        prop_assert_eq!(expected, actual);
+    });
+}
