@@ -41,6 +41,18 @@ pub enum UpdateKind {
 }
 
 /// Every named kind with its key, in Bot API order.
+/// Every update kind this processor names, as Telegram spells it: what a producer asks Telegram
+/// for (`allowed_updates`), so a kind the processor models is never left unrequested.
+pub const UPDATE_KINDS: [&str; NAMED.len()] = {
+    let mut names = [""; NAMED.len()];
+    let mut i = 0;
+    while i < NAMED.len() {
+        names[i] = NAMED[i].0;
+        i += 1;
+    }
+    names
+};
+
 const NAMED: [(&str, UpdateKind); 27] = [
     ("message", UpdateKind::Message),
     ("edited_message", UpdateKind::EditedMessage),

@@ -35,7 +35,7 @@ mod rows;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-pub use kind::UpdateKind;
+pub use kind::{UPDATE_KINDS, UpdateKind};
 pub use rejection::Rejection;
 pub use rows::{
     BusinessConnectionRow, CallbackQueryRow, ChatMemberEventRow, ChatRow, ChosenInlineResultRow,

@@ -15,33 +15,7 @@ use url::Url;
 
 /// Every update kind the Bot API knows, including the three Telegram leaves out unless a bot asks
 /// for them (`chat_member`, `message_reaction`, `message_reaction_count`).
-pub const ALL_UPDATE_KINDS: &[&str] = &[
-    "message",
-    "edited_message",
-    "channel_post",
-    "edited_channel_post",
-    "business_connection",
-    "business_message",
-    "edited_business_message",
-    "deleted_business_messages",
-    "message_reaction",
-    "message_reaction_count",
-    "inline_query",
-    "chosen_inline_result",
-    "callback_query",
-    "shipping_query",
-    "pre_checkout_query",
-    "purchased_paid_media",
-    "poll",
-    "poll_answer",
-    "my_chat_member",
-    "chat_member",
-    "chat_join_request",
-    "chat_boost",
-    "removed_chat_boost",
-    "managed_bot",
-    "guest_message",
-];
+pub const ALL_UPDATE_KINDS: &[&str] = &processor::UPDATE_KINDS;
 
 /// The Bot API's default server.
 pub const TELEGRAM_API_URL: &str = "https://api.telegram.org";
