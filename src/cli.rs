@@ -6,6 +6,7 @@
 //! arguments and environment through it.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
@@ -56,7 +57,7 @@ pub enum Command {
     /// Show lag, stored offsets, gaps and dead letters per partition.
     Status(StatusArgs),
     /// Run the whole pipeline on embedded defaults: simulated Telegram, in-memory broker.
-    Demo(DemoArgs),
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Validate the configuration and exit without doing anything else.
@@ -84,7 +85,7 @@ pub struct ProducerArgs {
     pub producer_mode: ProducerMode,
     /// Long-poll timeout of getUpdates.
     #[arg(long, env = "TELEGRAM_POLL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub telegram_poll_timeout: std::time::Duration,
+    pub telegram_poll_timeout: Duration,
     /// Update kinds to request, comma-separated; default: every kind, including chat_member,
     /// message_reaction and message_reaction_count, which Telegram omits unless asked.
     #[arg(long, env = "TELEGRAM_ALLOWED_UPDATES", value_delimiter = ',')]
@@ -96,6 +97,9 @@ pub struct ProducerArgs {
     /// with the secret at startup.
     #[arg(long, env = "WEBHOOK_PUBLIC_URL")]
     pub webhook_public_url: Option<String>,
+    /// How long SIGTERM may take to finish and confirm the batch in flight.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -116,12 +120,65 @@ pub struct ConsumerArgs {
     /// Consumer group; also the key of the offsets stored in PostgreSQL.
     #[arg(long, env = "KAFKA_GROUP_ID", default_value = "tgingest-sink")]
     pub group_id: String,
+    /// A batch transaction holds at most this many records…
+    #[arg(long, env = "CONSUMER_BATCH_MAX_RECORDS", default_value_t = 1000)]
+    pub batch_max_records: usize,
+    /// …and at most this many payload bytes.
+    #[arg(long, env = "CONSUMER_BATCH_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub batch_max_bytes: usize,
+    /// How long a partition worker waits for a batch to fill once it holds a record.
+    #[arg(long, env = "CONSUMER_LINGER", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
+    /// Where a partition with no stored offset starts: `earliest` (nothing in the topic is
+    /// skipped) or `latest`.
+    #[arg(long, env = "CONSUMER_START", value_enum, default_value = "earliest")]
+    pub start: StartFrom,
+    /// `statement_timeout` of every batch transaction.
+    #[arg(long, env = "CONSUMER_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub statement_timeout: Duration,
+    /// Partition assignment strategy of the group.
+    #[arg(
+        long,
+        env = "KAFKA_ASSIGNMENT_STRATEGY",
+        value_enum,
+        default_value = "cooperative-sticky"
+    )]
+    pub assignment_strategy: Assignment,
+    /// Static group membership (e.g. the pod name), so a restart within the session timeout
+    /// keeps the partitions without a rebalance.
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
+    /// librdkafka `session.timeout.ms`: how long a silent member keeps its partitions.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "45s", value_parser = humantime::parse_duration)]
+    pub session_timeout: Duration,
+    /// Prefetch buffer per assigned partition, in KiB (librdkafka `queued.max.messages.kbytes`;
+    /// with one queue per partition the bound is partitions × this).
+    #[arg(long, env = "CONSUMER_QUEUE_KBYTES_PER_PARTITION", default_value_t = 16 * 1024)]
+    pub queue_kbytes_per_partition: u32,
+    /// How long SIGTERM may take to finish in-flight batches before the process gives up.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+/// Where a partition with no stored offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+/// Partition assignment strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Assignment {
+    Range,
+    Roundrobin,
+    CooperativeSticky,
 }
 
 #[derive(Debug, Args)]
@@ -164,14 +221,6 @@ pub struct StatusArgs {
     pub database: DatabaseArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    #[command(flatten)]
-    pub check: CheckConfig,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-}
-
 /// The database the demo uses when DATABASE_URL is not set: a local PostgreSQL, trust auth.
 pub const DEMO_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tgingest_demo";
 
@@ -179,7 +228,15 @@ pub const DEMO_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tgingest
 /// 0 success, 1 runtime failure, 2 configuration error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging(cli.log_format);
+    // The demo's live progress line is its output; its logs show only problems unless asked.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    telemetry::init_logging(cli.log_format, default_filter);
+    // With the `failpoints` feature, FAILPOINTS=name=action;… arms crash windows for tests.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -216,33 +273,34 @@ pub async fn run(command: Command, env: &dyn Env) -> anyhow::Result<()> {
             crate::db::run_migrate_command(&database).await
         }
         Command::Producer(args) => {
-            let kafka = args.kafka.resolve(env)?;
-            validate_kafka_client(&kafka)?;
-            let tokens = bot_tokens(env)?;
-            args.admin.resolve()?;
-            url::Url::parse(&args.telegram_api_url)
-                .map_err(|e| ConfigError::new("TELEGRAM_API_URL", format!("not a URL ({e})")))?;
-            if args.producer_mode == ProducerMode::Webhook {
-                webhook_settings(&args, env)?;
-            }
+            let config = producer_config(&args, env)?;
+            let admin = args.admin.resolve()?;
             if args.check.check_config {
                 return config_ok("producer");
             }
-            drop(tokens);
-            not_yet("producer")
+            crate::service::run_service("producer", admin, args.shutdown_grace, |stop, ready| {
+                producer::run(config, stop, std::sync::Arc::new(ready))
+            })
+            .await
         }
         Command::Consumer(args) => {
-            let kafka = args.kafka.resolve(env)?;
-            validate_kafka_client(&kafka)?;
-            args.database.resolve(env, None, "tgingest-consumer")?;
-            args.admin.resolve()?;
-            if args.group_id.is_empty() {
-                return Err(ConfigError::new("KAFKA_GROUP_ID", "must not be empty").into());
-            }
+            let config = consumer_config(&args, env)?;
+            let database = args.database.resolve(env, None, "tgingest-consumer")?;
+            let admin = args.admin.resolve()?;
             if args.check.check_config {
                 return config_ok("consumer");
             }
-            not_yet("consumer")
+            crate::service::run_service(
+                "consumer",
+                admin,
+                args.shutdown_grace,
+                |stop, ready| async move {
+                    let pool = crate::db::connect(&database).await?;
+                    crate::db::ensure_schema_current(&pool).await?;
+                    consumer::run(config, pool, stop, std::sync::Arc::new(ready)).await
+                },
+            )
+            .await
         }
         Command::Replay(args) => {
             validate_kafka_client(&args.kafka.resolve(env)?)?;
@@ -268,14 +326,110 @@ pub async fn run(command: Command, env: &dyn Env) -> anyhow::Result<()> {
             not_yet("dlq")
         }
         Command::Demo(args) => {
-            args.database
+            let database = args
+                .database
                 .resolve(env, Some(DEMO_DATABASE_URL), "tgingest-demo")?;
+            if args.kafka.kafka_brokers.is_some() {
+                validate_kafka_client(&args.kafka.resolve(env)?)?;
+            }
             if args.check.check_config {
                 return config_ok("demo");
             }
-            not_yet("demo")
+            crate::demo::run(args, env, database).await
         }
     }
+}
+
+/// The producer library's configuration from the command line and environment.
+pub fn producer_config(
+    args: &ProducerArgs,
+    env: &dyn Env,
+) -> Result<producer::ProducerConfig, ConfigError> {
+    let kafka = args.kafka.resolve(env)?;
+    validate_kafka_client(&kafka)?;
+    let tokens = bot_tokens(env)?;
+    let api_url = url::Url::parse(&args.telegram_api_url)
+        .map_err(|e| ConfigError::new("TELEGRAM_API_URL", format!("not a URL ({e})")))?;
+    let allowed_updates = if args.telegram_allowed_updates.is_empty() {
+        producer::all_update_kinds()
+    } else {
+        args.telegram_allowed_updates.clone()
+    };
+    let mut config = producer::ProducerConfig::new(api_url, tokens, kafka.topic, kafka.client);
+    config.mode = match args.producer_mode {
+        ProducerMode::Polling => producer::IntakeMode::Polling(producer::PollingConfig {
+            timeout: args.telegram_poll_timeout,
+            allowed_updates,
+            ..producer::PollingConfig::default()
+        }),
+        ProducerMode::Webhook => {
+            let secret = webhook_settings(args, env)?;
+            let listen = args
+                .webhook_listen
+                .parse()
+                .map_err(|_| ConfigError::new("WEBHOOK_LISTEN", "not an ip:port address"))?;
+            let mut webhook = producer::WebhookConfig::new(listen, secret);
+            webhook.public_url = args
+                .webhook_public_url
+                .as_deref()
+                .map(url::Url::parse)
+                .transpose()
+                .map_err(|e| ConfigError::new("WEBHOOK_PUBLIC_URL", format!("not a URL ({e})")))?;
+            webhook.allowed_updates = allowed_updates;
+            producer::IntakeMode::Webhook(webhook)
+        }
+    };
+    config
+        .validate()
+        .map_err(|e| ConfigError::new("producer", e.to_string()))?;
+    Ok(config)
+}
+
+/// The consumer library's configuration from the command line and environment.
+pub fn consumer_config(
+    args: &ConsumerArgs,
+    env: &dyn Env,
+) -> Result<consumer::ConsumerConfig, ConfigError> {
+    let kafka = args.kafka.resolve(env)?;
+    validate_kafka_client(&kafka)?;
+    let mut config = consumer::ConsumerConfig::new(&args.group_id, kafka.topic, kafka.client);
+    config.batch_max_records = args.batch_max_records;
+    config.batch_max_bytes = args.batch_max_bytes;
+    config.linger = args.linger;
+    config.start_policy = match args.start {
+        StartFrom::Earliest => consumer::StartPolicy::Earliest,
+        StartFrom::Latest => consumer::StartPolicy::Latest,
+    };
+    config.statement_timeout = args.statement_timeout;
+    config.assignment_strategy = match args.assignment_strategy {
+        Assignment::Range => consumer::AssignmentStrategy::Range,
+        Assignment::Roundrobin => consumer::AssignmentStrategy::RoundRobin,
+        Assignment::CooperativeSticky => consumer::AssignmentStrategy::CooperativeSticky,
+    };
+    config.group_instance_id = args.group_instance_id.clone();
+    config.session_timeout = args.session_timeout;
+    config.queued_max_kbytes_per_partition = args.queue_kbytes_per_partition;
+    config
+        .validate()
+        .map_err(|e| ConfigError::new(consumer_setting(&e.setting), e.reason))?;
+    Ok(config)
+}
+
+/// The environment variable behind a consumer library setting, for error messages.
+fn consumer_setting(field: &str) -> String {
+    match field {
+        "group_id" => "KAFKA_GROUP_ID",
+        "topic" => "KAFKA_TOPIC",
+        "batch_max_records" => "CONSUMER_BATCH_MAX_RECORDS",
+        "batch_max_bytes" => "CONSUMER_BATCH_MAX_BYTES",
+        "linger" => "CONSUMER_LINGER",
+        "statement_timeout" => "CONSUMER_STATEMENT_TIMEOUT",
+        "group_instance_id" => "KAFKA_GROUP_INSTANCE_ID",
+        "session_timeout" => "KAFKA_SESSION_TIMEOUT",
+        "queued_max_kbytes_per_partition" => "CONSUMER_QUEUE_KBYTES_PER_PARTITION",
+        other => other,
+    }
+    .to_owned()
 }
 
 /// Validates the webhook-mode settings and returns the secret token.
@@ -313,16 +467,16 @@ fn webhook_settings(args: &ProducerArgs, env: &dyn Env) -> Result<SecretString, 
     Ok(secret)
 }
 
-fn config_ok(command: &str) -> anyhow::Result<()> {
-    println!("configuration OK for `tgingest {command}`");
-    Ok(())
-}
-
 fn not_yet(command: &str) -> anyhow::Result<()> {
     anyhow::bail!(
         "`tgingest {command}` is not available in tgingest {} yet (its configuration can be checked with --check-config)",
         env!("CARGO_PKG_VERSION")
     )
+}
+
+fn config_ok(command: &str) -> anyhow::Result<()> {
+    println!("configuration OK for `tgingest {command}`");
+    Ok(())
 }
 
 /// The bot tokens, from TELEGRAM_BOT_TOKENS or TELEGRAM_BOT_TOKENS_FILE. A malformed token is

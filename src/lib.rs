@@ -8,5 +8,7 @@ pub mod admin_server;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod demo;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;

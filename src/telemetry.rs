@@ -17,9 +17,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber. Safe to call once per process.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global tracing subscriber; `default_filter` applies when `RUST_LOG` is unset.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -336,3 +336,93 @@ pub async fn await_topic(
     .await
     .context("the metadata task panicked")?
 }
+
+/// One record read back from a topic by [`read_topic`].
+#[derive(Debug, Clone)]
+pub struct ConsumedRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl ConsumedRecord {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// Reads `topic` from the beginning of every partition (in a throwaway group, committing
+/// nothing) until `count` records arrived or `timeout` passed.
+pub async fn read_topic(
+    mut config: ClientConfig,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ConsumedRecord>> {
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    config
+        .set(
+            "group.id",
+            format!("testkit-reader-{}", crate::random_suffix(12)),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let topic = topic.to_owned();
+    // Polling blocks; keep it off the runtime's threads.
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().context("creating a topic reader")?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .with_context(|| format!("reading metadata of {topic}"))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        if partitions == 0 {
+            bail!("topic {topic} has no partitions");
+        }
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..partitions as i32 {
+            tpl.add_partition_offset(&topic, partition, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < count && Instant::now() < deadline {
+            let message = match consumer.poll(Duration::from_millis(200)) {
+                None => continue,
+                Some(Err(e)) => {
+                    eprintln!("topic reader: consumer error (ignored): {e}");
+                    continue;
+                }
+                Some(Ok(m)) => m,
+            };
+            let mut headers = std::collections::BTreeMap::new();
+            if let Some(h) = message.headers() {
+                for header in h.iter() {
+                    headers.insert(
+                        header.key.to_owned(),
+                        String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            out.push(ConsumedRecord {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                value: message.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+        Ok(out)
+    })
+    .await
+    .context("the topic reader panicked")?
+}

@@ -5,7 +5,6 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +15,6 @@ use producer::{
     BackoffPolicy, IntakeMode, NoReadiness, PollingConfig, ProducerConfig, ReadinessReporter,
     WebhookConfig,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use secrecy::SecretString;
 use testkit::TestBroker;
 use tokio::task::JoinHandle;
@@ -181,20 +177,7 @@ impl Drop for RunningProducer {
 }
 
 /// One record read back from the topic.
-#[derive(Debug, Clone)]
-pub struct Consumed {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: String,
-    pub value: Vec<u8>,
-    pub headers: BTreeMap<String, String>,
-}
-
-impl Consumed {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-}
+pub use testkit::kafka::ConsumedRecord as Consumed;
 
 /// Reads the topic from the beginning until `count` records arrived or `timeout` passed.
 pub async fn read_topic(
@@ -208,61 +191,14 @@ pub async fn read_topic(
 
 /// [`read_topic`] for any client configuration (a mock cluster the test owns).
 pub async fn read_topic_with(
-    mut config: rdkafka::ClientConfig,
+    config: rdkafka::ClientConfig,
     topic: &str,
     count: usize,
     timeout: Duration,
 ) -> Vec<Consumed> {
-    config
-        .set(
-            "group.id",
-            format!("producer-test-{}", testkit::random_suffix(12)),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.create().unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for partition in 0..PARTITIONS {
-            tpl.add_partition_offset(&topic, partition, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        while out.len() < count && Instant::now() < deadline {
-            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("consumer error (ignored): {e}");
-                    continue;
-                }
-            };
-            let mut headers = BTreeMap::new();
-            if let Some(h) = message.headers() {
-                for header in h.iter() {
-                    headers.insert(
-                        header.key.to_owned(),
-                        String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-                    );
-                }
-            }
-            out.push(Consumed {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-                value: message.payload().unwrap_or_default().to_vec(),
-                headers,
-            });
-        }
-        out
-    })
-    .await
-    .unwrap()
+    testkit::kafka::read_topic(config, topic, count, timeout)
+        .await
+        .unwrap()
 }
 
 /// Counts the records in the topic right now (reads until 2 s pass without a new one).

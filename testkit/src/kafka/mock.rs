@@ -1,161 +1,21 @@
-//! librdkafka's mock cluster, owned by a dedicated thread ([`MockClusterHost`]) or by a helper
-//! process ([`HostedMockBroker`], the `mock-kafka` binary).
-//!
-//! `rdkafka::mocking::MockCluster` is neither `Send` nor `Sync` (it wraps a raw pointer), so a
-//! handle that tests can move between tasks keeps the cluster on one thread and talks to it over
-//! a channel. The cluster lives exactly as long as the handle: dropping the handle closes the
-//! channel and the thread destroys the cluster.
+//! librdkafka's mock cluster, owned by a dedicated thread ([`MockClusterHost`], from the
+//! `embedded-broker` crate the demo shares) or by a helper process ([`HostedMockBroker`], the
+//! `mock-kafka` binary).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{ChildStdin, Command};
-use std::sync::{Mutex, OnceLock, mpsc};
-use std::thread::JoinHandle;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::mocking::MockCluster;
-use rdkafka::types::RDKafkaErrorCode;
+use anyhow::{Context, bail};
+pub use embedded_broker::{DEFAULT_MOCK_BROKERS, MockClusterHost};
 
 use crate::process::ChildProcess;
 
-/// Brokers in a mock cluster unless told otherwise: more than one, so partition leaders are
-/// spread and clients fetch from several brokers as they would in production.
-pub const DEFAULT_MOCK_BROKERS: i32 = 3;
-/// librdkafka's mock API addresses every broker with id -1.
-const ALL_BROKERS: i32 = -1;
 /// The helper process is killed after this long even if its test hangs.
 const HOSTED_HARD_TIMEOUT: Duration = Duration::from_secs(3600);
 const HOSTED_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-
-enum MockCommand {
-    CreateTopic {
-        name: String,
-        partitions: i32,
-        reply: mpsc::Sender<KafkaResult<()>>,
-    },
-    SetAvailable {
-        available: bool,
-        reply: mpsc::Sender<KafkaResult<()>>,
-    },
-}
-
-/// A mock cluster living on its own thread; `Send + Sync`, destroyed on drop.
-#[derive(Debug)]
-pub struct MockClusterHost {
-    bootstrap: String,
-    commands: Option<mpsc::Sender<MockCommand>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl MockClusterHost {
-    /// Starts a mock cluster with `brokers` brokers listening on 127.0.0.1.
-    pub fn start(brokers: i32) -> anyhow::Result<Self> {
-        let (commands, inbox) = mpsc::channel::<MockCommand>();
-        let (ready, started) = mpsc::channel::<KafkaResult<String>>();
-        let thread = std::thread::Builder::new()
-            .name("mock-kafka".to_owned())
-            .spawn(move || {
-                let cluster = match MockCluster::new(brokers) {
-                    Ok(cluster) => cluster,
-                    Err(err) => {
-                        let _ = ready.send(Err(err));
-                        return;
-                    }
-                };
-                let _ = ready.send(Ok(cluster.bootstrap_servers()));
-                // Runs until every handle's sender is gone.
-                for command in inbox {
-                    match command {
-                        MockCommand::CreateTopic {
-                            name,
-                            partitions,
-                            reply,
-                        } => {
-                            let created = match cluster.create_topic(&name, partitions, 1) {
-                                // Same contract as the admin path: the caller then checks the shape.
-                                Err(KafkaError::MockCluster(
-                                    RDKafkaErrorCode::TopicAlreadyExists,
-                                )) => Ok(()),
-                                other => other,
-                            };
-                            let _ = reply.send(created);
-                        }
-                        MockCommand::SetAvailable { available, reply } => {
-                            let _ = reply.send(if available {
-                                cluster.broker_up(ALL_BROKERS)
-                            } else {
-                                cluster.broker_down(ALL_BROKERS)
-                            });
-                        }
-                    }
-                }
-            })
-            .context("spawning the mock cluster thread")?;
-        let bootstrap = started
-            .recv()
-            .map_err(|_| anyhow!("the mock cluster thread died while starting"))?
-            .context("creating a librdkafka mock cluster")?;
-        Ok(Self {
-            bootstrap,
-            commands: Some(commands),
-            thread: Some(thread),
-        })
-    }
-
-    /// The cluster's `bootstrap.servers` value.
-    pub fn bootstrap_servers(&self) -> &str {
-        &self.bootstrap
-    }
-
-    /// Creates a topic (replication factor 1); an existing topic is left as it is. The mock has no
-    /// CreateTopics admin API.
-    pub fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
-        if partitions < 1 {
-            bail!("a topic needs at least one partition, not {partitions}");
-        }
-        self.call(|reply| MockCommand::CreateTopic {
-            name: name.to_owned(),
-            partitions,
-            reply,
-        })
-        .with_context(|| format!("creating mock topic {name} with {partitions} partitions"))
-    }
-
-    /// Takes every broker down (connections closed and refused) or brings them all back up.
-    pub fn set_available(&self, available: bool) -> anyhow::Result<()> {
-        self.call(|reply| MockCommand::SetAvailable { available, reply })
-            .with_context(|| format!("setting mock brokers available={available}"))
-    }
-
-    /// Sends a command and waits for its answer; mock operations complete in milliseconds, so
-    /// blocking the caller briefly is harmless even on a runtime thread.
-    fn call(
-        &self,
-        command: impl FnOnce(mpsc::Sender<KafkaResult<()>>) -> MockCommand,
-    ) -> anyhow::Result<()> {
-        let (reply, answer) = mpsc::channel();
-        self.commands
-            .as_ref()
-            .context("mock cluster already stopped")?
-            .send(command(reply))
-            .map_err(|_| anyhow!("the mock cluster thread is gone"))?;
-        answer
-            .recv()
-            .map_err(|_| anyhow!("the mock cluster thread is gone"))?
-            .map_err(Into::into)
-    }
-}
-
-impl Drop for MockClusterHost {
-    fn drop(&mut self) {
-        drop(self.commands.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// A mock cluster in a `mock-kafka` helper process, driven over its stdin.
 ///
