@@ -1,6 +1,7 @@
-//! Crash tests with real consumer processes (`examples/sink_process.rs`, built by `cargo test`):
-//! SIGKILL churn, scaling up and down, SIGTERM drain. The broker is the mock cluster, reached
-//! over TCP by the child processes; data stays far below its 5 MB per-partition cap.
+//! Crash tests with real consumer processes — the shipped `tgingest consumer` binary, built by
+//! the cargo running the tests: SIGKILL churn, scaling up and down, SIGTERM drain. The broker is
+//! the mock cluster, reached over TCP by the child processes; data stays far below its 5 MB
+//! per-partition cap.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -13,30 +14,31 @@ use common::*;
 use nix::sys::signal::Signal;
 use testkit::{BrokerKind, ChildProcess, TestBroker, TestDb};
 
-/// The `sink_process` example, built (or found up to date) with the cargo running the tests.
-fn sink_binary() -> PathBuf {
+/// The `tgingest` binary, built (or found up to date) with the cargo running the tests. This
+/// crate's tests cannot name another package's binary with `CARGO_BIN_EXE_*`.
+fn tgingest_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            // target/<profile>/deps/processes-… → target/<profile>/examples/sink_process
+            // target/<profile>/deps/processes-… → target/<profile>/tgingest
             let exe = std::env::current_exe().unwrap();
             let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-            let path = profile_dir.join("examples").join("sink_process");
+            let path = profile_dir.join("tgingest");
             if let Some(cargo) = std::env::var_os("CARGO") {
                 let mut build = Command::new(cargo);
-                build.args(["build", "-p", "consumer", "--example", "sink_process"]);
+                build.args(["build", "-p", "tgingest", "--bin", "tgingest"]);
                 if profile_dir.ends_with("release") {
                     build.arg("--release");
                 }
                 if cfg!(feature = "failpoints") {
-                    build.args(["--features", "failpoints"]);
+                    build.args(["--features", "tgingest/failpoints"]);
                 }
                 let status = build.status().unwrap();
-                assert!(status.success(), "building the sink_process example failed");
+                assert!(status.success(), "building the tgingest binary failed");
             }
             assert!(
                 path.is_file(),
-                "{} is missing: `cargo build -p consumer --example sink_process`",
+                "{} is missing: `cargo build --bin tgingest`",
                 path.display()
             );
             path
@@ -51,21 +53,24 @@ fn spawn_sink(
     group: &str,
     name: &str,
 ) -> ChildProcess {
-    let mut cmd = Command::new(sink_binary());
-    cmd.env("SINK_DATABASE_URL", db.url())
-        .env("SINK_BROKERS", broker.bootstrap_servers())
-        .env("SINK_TOPIC", topic)
-        .env("SINK_GROUP", group)
-        .env("SINK_SESSION_TIMEOUT_MS", "6000")
-        .env("SINK_APPLICATION_NAME", name)
-        .env("RUST_LOG", "consumer=info,warn");
+    let mut cmd = Command::new(tgingest_binary());
+    cmd.arg("consumer")
+        .env("DATABASE_URL", db.url())
+        .env("KAFKA_BROKERS", broker.bootstrap_servers())
+        .env("KAFKA_TOPIC", topic)
+        .env("KAFKA_GROUP_ID", group)
+        .env("KAFKA_SESSION_TIMEOUT", "6s")
+        .env("ADMIN_LISTEN", "off")
+        .env("RUST_LOG", "consumer=info,tgingest=info,warn")
+        .env_remove("DATABASE_URL_FILE")
+        .env_remove("FAILPOINTS");
     ChildProcess::spawn(cmd, name, Duration::from_secs(300)).unwrap()
 }
 
 async fn started(child: &ChildProcess) {
     child
         .wait_for_line(
-            |l| l.contains("sink-process started"),
+            |l| l.contains("starting") && l.contains("consumer"),
             Duration::from_secs(30),
         )
         .await
@@ -218,7 +223,9 @@ async fn broker_scaling_one_to_three_to_one_process_under_load_loses_and_doubles
             s.report()
         );
         assert!(
-            s.output_text().contains("sink-process stopped cleanly"),
+            s.output_text()
+                .lines()
+                .any(|l| l.contains("stopped") && l.contains("component=\"consumer\"")),
             "{}",
             s.report()
         );
