@@ -443,15 +443,21 @@ async fn while_the_broker_is_down_the_offset_never_advances_and_everything_lands
             .unwrap(),
         );
     }
-    // Longer than the delivery timeout (3 s): several publish attempts fail meanwhile.
-    let outage = Duration::from_secs(8);
-    let until = std::time::Instant::now() + outage;
-    while std::time::Instant::now() < until {
+    // At least 8 s, longer than the delivery timeout (3 s), so several publish attempts fail
+    // meanwhile; and until readiness has reported the outage (a loaded machine can delay the
+    // first failed delivery report), at most 30 s.
+    let started = std::time::Instant::now();
+    loop {
         assert_eq!(
             api.confirmed_offset(TOKENS[0]),
             Some(first + 1),
             "the offset advanced while Kafka was down"
         );
+        let reported = readiness.history(producer::KAFKA_CHECK).last() == Some(&false);
+        let elapsed = started.elapsed();
+        if (elapsed >= Duration::from_secs(8) && reported) || elapsed >= Duration::from_secs(30) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let kafka = readiness.history(producer::KAFKA_CHECK);
