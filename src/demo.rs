@@ -107,6 +107,10 @@ pub async fn run(args: DemoArgs, env: &dyn Env, database: DatabaseConfig) -> any
     println!("PostgreSQL: {} (schema migrated)", db::describe(&database));
 
     // The embedded cluster lives until the end of the demo (dropping it destroys the data).
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let (embedded_cluster, kafka) = if external_kafka {
         let kafka = args.kafka.resolve(env)?;
         println!(
@@ -120,10 +124,15 @@ pub async fn run(args: DemoArgs, env: &dyn Env, database: DatabaseConfig) -> any
         let kafka = args
             .kafka
             .resolve_with_brokers(env, cluster.bootstrap_servers())?;
+        // Each embedded broker starts empty, with offsets from 0, while the database persists:
+        // each run gets its own topic (and group), so records of different runs never share a
+        // (topic, partition, offset) identity in raw_updates and dead_letters.
+        let mut kafka = kafka;
+        kafka.topic = format!("{}.demo-{run_id}", kafka.topic);
         cluster.create_topic(&kafka.topic, args.partitions)?;
         println!(
-            "Kafka: embedded in-memory broker (librdkafka mock cluster, {} partitions) — for trials only: its data is gone when the demo exits",
-            args.partitions
+            "Kafka: embedded in-memory broker (librdkafka mock cluster), topic {} with {} partitions — for trials only: its data is gone when the demo exits",
+            kafka.topic, args.partitions
         );
         (Some(cluster), kafka)
     };
@@ -158,16 +167,8 @@ pub async fn run(args: DemoArgs, env: &dyn Env, database: DatabaseConfig) -> any
         }
     }
 
-    // Each embedded broker starts empty, so each run on it is its own consumer group: offsets
-    // stored by an earlier run point into a log that no longer exists.
     let group = if embedded_cluster.is_some() {
-        format!(
-            "tgingest-demo-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs()
-        )
+        format!("tgingest-demo-{run_id}")
     } else {
         "tgingest-demo".to_owned()
     };
@@ -257,7 +258,7 @@ pub async fn run(args: DemoArgs, env: &dyn Env, database: DatabaseConfig) -> any
             args.users
         );
     }
-    print_summary(&pool, &database).await?;
+    print_summary(&pool, &database, &kafka.topic).await?;
     drop(watermarks);
     drop(embedded_cluster);
     pool.close().await;
@@ -411,6 +412,11 @@ impl<'a> Progress<'a> {
 
     /// Records in the log not yet written (log end − stored offset, over every partition).
     async fn lag(&self, watermarks: &BaseConsumer) -> anyhow::Result<i64> {
+        Ok(self.positions(watermarks).await?.0)
+    }
+
+    /// (lag, records in the log) over every partition.
+    async fn positions(&self, watermarks: &BaseConsumer) -> anyhow::Result<(i64, i64)> {
         let stored: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
             "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
         )
@@ -424,6 +430,7 @@ impl<'a> Progress<'a> {
             watermarks.fetch_metadata(Some(self.topic), Duration::from_secs(5))
         })?;
         let mut lag = 0;
+        let mut records = 0;
         for topic in metadata.topics() {
             for partition in topic.partitions() {
                 let (low, high) = tokio::task::block_in_place(|| {
@@ -431,27 +438,31 @@ impl<'a> Progress<'a> {
                 })?;
                 let next = stored.get(&partition.id()).copied().unwrap_or(low);
                 lag += (high - next).max(0);
+                records += high - low;
             }
         }
-        Ok(lag)
+        Ok((lag, records))
     }
 
     async fn show(&self, sent: u64, watermarks: &BaseConsumer, last: bool) -> anyhow::Result<()> {
-        let (raw, dead): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM raw_updates), (SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL)",
+        let dead: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dead_letters WHERE topic = $1 AND resolved_at IS NULL",
         )
+        .bind(self.topic)
         .fetch_one(self.pool)
         .await?;
-        let lag = self.lag(watermarks).await?;
+        let (lag, records) = self.positions(watermarks).await?;
+        // Records whose effect (rows or a dead letter) is committed.
+        let written = records - lag;
         let rate = {
-            let mut last_rows = self.last_rows.lock().unwrap_or_else(|p| p.into_inner());
-            let elapsed = last_rows.0.elapsed().as_secs_f64().max(0.001);
-            let rate = (raw - last_rows.1) as f64 / elapsed;
-            *last_rows = (Instant::now(), raw);
+            let mut last = self.last_rows.lock().unwrap_or_else(|p| p.into_inner());
+            let elapsed = last.0.elapsed().as_secs_f64().max(0.001);
+            let rate = (written - last.1) as f64 / elapsed;
+            *last = (Instant::now(), written);
             rate
         };
         let line = format!(
-            "{:>5.1}s  sent {sent:>7}  stored {raw:>7}  dead letters {dead}  lag {lag:>5}  {rate:>7.0} updates/s",
+            "{:>5.1}s  sent {sent:>7}  in Kafka {records:>7}  written {written:>7}  dead letters {dead}  lag {lag:>5}  {rate:>7.0} records/s",
             self.started.elapsed().as_secs_f64()
         );
         if self.tty && !last {
@@ -466,9 +477,12 @@ impl<'a> Progress<'a> {
     }
 }
 
-async fn print_summary(pool: &PgPool, config: &DatabaseConfig) -> anyhow::Result<()> {
+async fn print_summary(pool: &PgPool, config: &DatabaseConfig, topic: &str) -> anyhow::Result<()> {
     println!();
-    println!("What landed in {}:", db::describe(config));
+    println!(
+        "Rows in {} now (earlier demo runs included; this run read topic {topic}):",
+        db::describe(config)
+    );
     for table in [
         "raw_updates",
         "chats",
@@ -492,12 +506,15 @@ async fn print_summary(pool: &PgPool, config: &DatabaseConfig) -> anyhow::Result
     }
     let dead: Vec<(i32, i64, String, String)> = sqlx::query_as(
         "SELECT partition, kafka_offset, error_class, error_text FROM dead_letters
-          WHERE resolved_at IS NULL ORDER BY partition, kafka_offset LIMIT 10",
+          WHERE topic = $1 AND resolved_at IS NULL ORDER BY partition, kafka_offset LIMIT 10",
     )
+    .bind(topic)
     .fetch_all(pool)
     .await?;
     for (partition, offset, class, text) in dead {
-        println!("  dead letter at partition {partition} offset {offset}: {class}: {text}");
+        println!(
+            "  this run's dead letter at partition {partition} offset {offset}: {class}: {text}"
+        );
     }
     let busiest: Option<i64> = sqlx::query_scalar(
         "SELECT chat_id FROM messages GROUP BY chat_id ORDER BY count(*) DESC LIMIT 1",
