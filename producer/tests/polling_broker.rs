@@ -504,12 +504,23 @@ async fn shutdown_confirms_the_last_published_batch_before_returning_broker() {
     let (broker, topic) = start_broker().await;
     let mut config = polling_config(&api, &broker, &topic, 1);
     if let producer::IntakeMode::Polling(polling) = &mut config.mode {
+        // Long polls, so a known request is waiting when the fault is injected below.
+        polling.timeout = Duration::from_secs(20);
         polling.request_timeout = Some(Duration::from_secs(40));
     }
     let producer = RunningProducer::spawn(config);
+    let warmup = api
+        .push_kind(
+            TOKENS[0],
+            "message",
+            br#"{"message_id":1,"chat":{"id":1},"text":"warm-up"}"#,
+        )
+        .unwrap();
+    // Botsim records a confirm when the getUpdates carrying it arrives; that request then waits
+    // in its 20 s long poll. So the next request is the one after the batch below.
     assert!(
-        eventually(Duration::from_secs(15), || !get_updates_requests(&api)
-            .is_empty())
+        eventually(Duration::from_secs(15), || api.confirmed_offset(TOKENS[0])
+            == Some(warmup + 1))
         .await
     );
     // The getUpdates after the batch (the one that would confirm it) hangs: only the final
@@ -524,14 +535,14 @@ async fn shutdown_confirms_the_last_published_batch_before_returning_broker() {
         .push_kind(
             TOKENS[0],
             "message",
-            br#"{"message_id":1,"chat":{"id":1},"text":"x"}"#,
+            br#"{"message_id":2,"chat":{"id":1},"text":"x"}"#,
         )
         .unwrap();
     assert_eq!(
-        read_topic(&broker, &topic, 1, Duration::from_secs(30))
+        read_topic(&broker, &topic, 2, Duration::from_secs(30))
             .await
             .len(),
-        1
+        2
     );
     assert!(
         eventually(Duration::from_secs(10), || api
@@ -543,7 +554,7 @@ async fn shutdown_confirms_the_last_published_batch_before_returning_broker() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         api.confirmed_offset(TOKENS[0]),
-        None,
+        Some(warmup + 1),
         "confirmed before shutdown"
     );
 
