@@ -193,8 +193,16 @@ pub struct MigrateArgs {
 pub struct ReplayArgs {
     #[command(flatten)]
     pub check: CheckConfig,
-    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "tgingest-sink")]
+    /// Consumer group whose stored offsets are rewound.
+    #[arg(
+        long,
+        visible_alias = "group",
+        env = "KAFKA_GROUP_ID",
+        default_value = "tgingest-sink"
+    )]
     pub group_id: String,
+    #[command(flatten)]
+    pub replay: crate::replay::ReplayOptions,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -205,6 +213,11 @@ pub struct ReplayArgs {
 pub struct DlqArgs {
     #[command(flatten)]
     pub check: CheckConfig,
+    #[command(subcommand)]
+    pub action: Option<crate::dlq::DlqAction>,
+    /// Kafka is used only to re-read records whose dead letter holds no payload.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -213,8 +226,16 @@ pub struct DlqArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub check: CheckConfig,
-    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "tgingest-sink")]
+    /// Consumer group whose stored offsets are reported.
+    #[arg(
+        long,
+        visible_alias = "group",
+        env = "KAFKA_GROUP_ID",
+        default_value = "tgingest-sink"
+    )]
     pub group_id: String,
+    #[command(flatten)]
+    pub status: crate::status::StatusOptions,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -303,27 +324,60 @@ pub async fn run(command: Command, env: &dyn Env) -> anyhow::Result<()> {
             .await
         }
         Command::Replay(args) => {
-            validate_kafka_client(&args.kafka.resolve(env)?)?;
-            args.database.resolve(env, None, "tgingest-replay")?;
+            // Rebuilding from the database needs no broker.
+            if !args.replay.reprocess_from_db {
+                validate_kafka_client(&args.kafka.resolve(env)?)?;
+            }
+            let database = args.database.resolve(env, None, "tgingest-replay")?;
+            args.replay.check()?;
             if args.check.check_config {
                 return config_ok("replay");
             }
-            not_yet("replay")
+            crate::replay::run_command(&args.group_id, &args.replay, &args.kafka, env, &database)
+                .await
         }
         Command::Status(args) => {
             validate_kafka_client(&args.kafka.resolve(env)?)?;
-            args.database.resolve(env, None, "tgingest-status")?;
+            let database = args.database.resolve(env, None, "tgingest-status")?;
+            args.status.check()?;
             if args.check.check_config {
                 return config_ok("status");
             }
-            not_yet("status")
+            let breached = crate::status::run_command(
+                &args.group_id,
+                &args.status,
+                &args.kafka,
+                env,
+                &database,
+            )
+            .await?;
+            if breached {
+                // The report is on stdout already; the status is the alert for scripts.
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::process::exit(i32::from(crate::status::EXIT_THRESHOLD_BREACHED));
+            }
+            Ok(())
         }
         Command::Dlq(args) => {
-            args.database.resolve(env, None, "tgingest-dlq")?;
+            let database = args.database.resolve(env, None, "tgingest-dlq")?;
+            if args.kafka.kafka_brokers.is_some() {
+                validate_kafka_client(&args.kafka.resolve(env)?)?;
+            }
+            if let Some(action) = &args.action {
+                crate::dlq::check(action)?;
+            }
             if args.check.check_config {
                 return config_ok("dlq");
             }
-            not_yet("dlq")
+            let Some(action) = &args.action else {
+                return Err(ConfigError::new(
+                    "dlq",
+                    "name an action: list, show, redrive or purge (see `tgingest dlq --help`)",
+                )
+                .into());
+            };
+            crate::dlq::run_command(action, &args.kafka, env, &database).await
         }
         Command::Demo(args) => {
             let database = args
@@ -465,13 +519,6 @@ fn webhook_settings(args: &ProducerArgs, env: &dyn Env) -> Result<SecretString, 
         ));
     }
     Ok(secret)
-}
-
-fn not_yet(command: &str) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "`tgingest {command}` is not available in tgingest {} yet (its configuration can be checked with --check-config)",
-        env!("CARGO_PKG_VERSION")
-    )
 }
 
 fn config_ok(command: &str) -> anyhow::Result<()> {

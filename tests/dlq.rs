@@ -1,0 +1,356 @@
+//! `tgingest dlq` against a fresh PostgreSQL database: dead letters are produced by the consumer's
+//! own batch writer (no broker needed), then listed, shown, redriven and purged through the
+//! library and the binary.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consumer::check::{InvariantChecker, ProducedRecord};
+use consumer::record::ConsumedRecord;
+use consumer::writer::{BatchWriter, PreparedRecord};
+use consumer::{ConsumerStats, OffsetStore};
+use sqlx::PgPool;
+use testkit::TestDb;
+use tgingest::dlq::{self, ListFilter, Selection};
+use tgingest::replay::Progress;
+
+const BOT: i64 = 7_200_000_001;
+const CHAT: i64 = -1_008_000_000_000;
+const TOPIC: &str = "tg.updates";
+const GROUP: &str = "dlq-test";
+
+fn message(update_id: i64, text: &str) -> Vec<u8> {
+    serde_json::json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id,
+            "from": {"id": 900_001, "is_bot": false, "first_name": "Ann"},
+            "chat": {"id": CHAT, "title": "Ops", "type": "supergroup"},
+            "date": 1_760_000_000 + update_id,
+            "text": text
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn record(offset: i64, payload: Vec<u8>, extra_headers: &[(&str, &str)]) -> ConsumedRecord {
+    let mut headers = vec![
+        ("tg-bot-id".to_owned(), Some(BOT.to_string().into_bytes())),
+        ("tg-received-at".to_owned(), Some(b"1760000000000".to_vec())),
+    ];
+    for (k, v) in extra_headers {
+        headers.push(((*k).to_owned(), Some(v.as_bytes().to_vec())));
+    }
+    ConsumedRecord {
+        topic: TOPIC.to_owned(),
+        partition: 0,
+        offset,
+        key: Some(format!("{BOT}:{CHAT}").into_bytes()),
+        payload: Some(payload),
+        headers,
+        timestamp_ms: Some(1_760_000_000_000 + offset),
+    }
+}
+
+fn manifest(records: &[ConsumedRecord]) -> Vec<ProducedRecord> {
+    records
+        .iter()
+        .map(|r| ProducedRecord {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.clone(),
+            value: r.payload.clone(),
+            headers: r.headers.clone(),
+        })
+        .collect()
+}
+
+/// Writes `records` (offsets 0..n of partition 0) through the consumer's batch writer.
+async fn consume(pool: &PgPool, records: &[ConsumedRecord]) {
+    let schema = Arc::new(
+        consumer::projection::ProjectionSchema::load(pool)
+            .await
+            .unwrap(),
+    );
+    let writer = BatchWriter::new(
+        pool.clone(),
+        GROUP,
+        TOPIC,
+        Duration::from_secs(10),
+        processor::PROCESSOR_VERSION,
+        schema,
+        Arc::new(ConsumerStats::default()),
+    );
+    let mut owner = OffsetStore::new(pool.clone(), GROUP, TOPIC)
+        .take_ownership_from(0, 0)
+        .await
+        .unwrap();
+    let prepared: Vec<PreparedRecord> = records
+        .iter()
+        .cloned()
+        .map(PreparedRecord::prepare)
+        .collect();
+    writer.write(&mut owner, &prepared).await.unwrap();
+}
+
+fn tgingest(args: &[&str], db: &TestDb) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tgingest"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db.url())
+        .output()
+        .expect("running tgingest")
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+async fn letter_state(pool: &PgPool, offset: i64) -> (Option<i64>, i32, String) {
+    sqlx::query_as(
+        "SELECT (extract(epoch FROM resolved_at) * 1000000)::bigint, attempts, error_class \
+         FROM dead_letters WHERE kafka_offset = $1",
+    )
+    .bind(offset)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_dead_letter_from_a_fixable_condition_is_redriven_into_rows_exactly_once() {
+    let db = TestDb::create().await.unwrap();
+    let pool = db.pool().clone();
+    // The fixable condition: a constraint an operator added by mistake.
+    sqlx::query(
+        "ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (text IS DISTINCT FROM 'poison')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let records = vec![
+        record(0, message(1, "fine"), &[]),
+        record(1, message(2, "poison"), &[]),
+        record(2, message(3, "also fine"), &[]),
+    ];
+    consume(&pool, &records).await;
+    let (resolved, attempts, class) = letter_state(&pool, 1).await;
+    assert_eq!((resolved, attempts, class.as_str()), (None, 1, "db_23514"));
+
+    let out = tgingest(&["dlq", "list", "--json"], &db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["kafka_offset"], 1);
+    assert_eq!(listed[0]["error_class"], "db_23514");
+    let id = listed[0]["id"].as_i64().unwrap();
+
+    let out = tgingest(&["dlq", "show", &id.to_string()], &db);
+    let text = stdout(&out);
+    assert!(out.status.success());
+    assert!(
+        text.contains("\"text\":\"poison\""),
+        "the payload is shown: {text}"
+    );
+    assert!(text.contains("no_poison"), "the error is shown: {text}");
+    assert!(text.contains("tg-bot-id"), "the headers are shown: {text}");
+
+    // Still broken: the redrive fails, counts the attempt and keeps the letter pending.
+    let out = tgingest(&["dlq", "redrive", "--id", &id.to_string()], &db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("redriven: 0, still failing: 1"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(letter_state(&pool, 1).await.0, None);
+    assert_eq!(letter_state(&pool, 1).await.1, 2);
+
+    sqlx::query("ALTER TABLE messages DROP CONSTRAINT no_poison")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = tgingest(&["dlq", "redrive", "--class", "db_23514"], &db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("redriven: 1,"), "{}", stdout(&out));
+    let (resolved, attempts, _) = letter_state(&pool, 1).await;
+    assert!(resolved.is_some(), "the letter is resolved");
+    let (xmin, raw_offset): (String, i64) = sqlx::query_as(
+        "SELECT m.xmin::text, r.kafka_offset FROM messages m \
+         JOIN raw_updates r ON r.bot_id = m.bot_id AND r.update_id = m.src_update_id \
+         WHERE m.text = 'poison'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(raw_offset, 1, "the raw row names the record's position");
+    InvariantChecker::new(pool.clone(), GROUP)
+        .check(&manifest(&records))
+        .await
+        .unwrap()
+        .assert_ok();
+
+    // Exactly once: a second redrive of the same letter changes nothing.
+    let out = tgingest(&["dlq", "redrive", "--id", &id.to_string()], &db);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out)
+            .contains("redriven: 0, still failing: 0, unchanged (already resolved or absent): 1"),
+        "{}",
+        stdout(&out)
+    );
+    let again = dlq::redrive(
+        &pool,
+        &Selection::All,
+        processor::PROCESSOR_VERSION,
+        None,
+        &Progress::plain(),
+    )
+    .await
+    .unwrap();
+    assert!(again.redriven.is_empty() && again.still_failing.is_empty());
+    assert_eq!(
+        letter_state(&pool, 1).await,
+        (resolved, attempts, "db_23514".to_owned())
+    );
+    let xmin_after: String =
+        sqlx::query_scalar("SELECT xmin::text FROM messages WHERE text = 'poison'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(xmin_after, xmin, "the redriven row is not written twice");
+    let pending = dlq::list(&pool, &ListFilter::default()).await.unwrap();
+    assert!(pending.is_empty(), "nothing pending: {pending:?}");
+}
+
+#[tokio::test]
+async fn an_envelope_is_redriven_from_its_original_bytes_and_a_hopeless_one_stays_pending() {
+    let db = TestDb::create().await.unwrap();
+    let pool = db.pool().clone();
+    let original = String::from_utf8(message(10, "was too large once")).unwrap();
+    let recoverable = serde_json::json!({
+        "tg_error": {"reason": "too_large", "detail": "x", "original_size": original.len()},
+        "original": original,
+    });
+    let hopeless = serde_json::json!({
+        "tg_error": {"reason": "not_an_update", "detail": "the object has no update_id", "original_size": 9},
+        "original": "{\"a\":1}",
+    });
+    let records = vec![
+        record(
+            0,
+            recoverable.to_string().into_bytes(),
+            &[("tg-error", "too_large: x"), ("tg-original-size", "99")],
+        ),
+        record(
+            1,
+            hopeless.to_string().into_bytes(),
+            &[("tg-error", "not_an_update: no update_id")],
+        ),
+    ];
+    consume(&pool, &records).await;
+    let letters = dlq::list(&pool, &ListFilter::default()).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    assert!(letters.iter().all(|l| l.error_class == "producer_envelope"));
+
+    let outcome = dlq::redrive(
+        &pool,
+        &Selection::Class("producer_envelope".into()),
+        processor::PROCESSOR_VERSION,
+        None,
+        &Progress::plain(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.redriven, vec![letters[0].id]);
+    assert_eq!(outcome.still_failing.len(), 1);
+    assert_eq!(outcome.still_failing[0].0, letters[1].id);
+    assert_eq!(outcome.still_failing[0].1, "no_update_id", "{outcome:?}");
+    let text: String = sqlx::query_scalar("SELECT text FROM messages WHERE message_id = 10")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(text, "was too large once");
+    let pending = dlq::list(&pool, &ListFilter::default()).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].attempts, 2);
+    assert_eq!(pending[0].error_class, "no_update_id");
+    let all = dlq::list(
+        &pool,
+        &ListFilter {
+            include_resolved: true,
+            ..ListFilter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(all.len(), 2);
+}
+
+#[tokio::test]
+async fn purge_refuses_without_yes_and_deletes_only_the_selection() {
+    let db = TestDb::create().await.unwrap();
+    let pool = db.pool().clone();
+    let records: Vec<ConsumedRecord> = (0..3)
+        .map(|i| record(i, b"not json".to_vec(), &[]))
+        .collect();
+    consume(&pool, &records).await;
+    sqlx::query("UPDATE dead_letters SET resolved_at = now() WHERE kafka_offset = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dead_letters")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 3);
+
+    let out = tgingest(&["dlq", "purge", "--resolved"], &db);
+    assert_eq!(out.status.code(), Some(2), "refused without --yes");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert_eq!(count().await, 3);
+
+    let out = tgingest(&["dlq", "purge", "--resolved", "--yes"], &db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("deleted 1 dead letters"));
+    assert_eq!(count().await, 2);
+
+    let since_future = tgingest(
+        &["dlq", "list", "--since", "2999-01-01T00:00:00Z", "--json"],
+        &db,
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&since_future.stdout).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "the time filter applies"
+    );
+    let recent = tgingest(&["dlq", "list", "--since", "1h", "--partition", "0"], &db);
+    assert!(
+        stdout(&recent).contains("2 dead letters"),
+        "{}",
+        stdout(&recent)
+    );
+}
