@@ -6,11 +6,15 @@
 //! setting; [`ConsumerConfig::kafka_client_config`] always forces the settings the exactly-once
 //! protocol depends on, whatever the caller passed.
 //!
-//! Memory bound (per process, with split partition queues `queued.max.messages.kbytes` applies per
-//! partition): roughly `P × queued_max_kbytes_per_partition KiB` of prefetched records, plus
-//! `P × batch_max_bytes × 3` for the batch being built, normalised and sent (`P` = partitions
-//! assigned to the process). With the defaults (16 MiB per partition, 4 MiB batches) twelve
-//! partitions stay under ~350 MiB however slow PostgreSQL is.
+//! Memory (per process, `P` = partitions assigned to it; with split partition queues
+//! `queued.max.messages.kbytes` applies per partition). Measured by `tgingest-bench memory`
+//! (BENCHMARKS.md) with PostgreSQL stalled under a large backlog:
+//! peak ≈ 17 MiB + `P × 2 × min(queued_max_kbytes_per_partition KiB, partition backlog)` +
+//! `P × batch_max_records × ~10 KB`. The last term is the batch waiting for PostgreSQL, decoded
+//! and normalised: about 13× the record's bytes, so with 1000-record batches `batch_max_bytes`
+//! rarely ends a batch, and it dominates. The defaults (16 MiB queue, 1000 records) reached
+//! 1.1 GiB at 48 partitions. 512 KiB queues with 250-record batches stayed near 200 MiB. Bounding
+//! the bytes in flight per process, not per partition, is the open fix.
 
 use std::time::Duration;
 
