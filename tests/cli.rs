@@ -1,23 +1,15 @@
 //! The `tgingest` binary's command line, run as a user runs it: help, version, and
 //! `--check-config` for every subcommand, including the one-line errors for bad settings.
 
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Output;
+
+use common::tgingest;
 
 const SUBCOMMANDS: [&str; 7] = [
     "producer", "consumer", "migrate", "replay", "dlq", "status", "demo",
 ];
-
-/// Runs the binary with a clean environment plus `env`.
-fn tgingest(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tgingest"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("running tgingest")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

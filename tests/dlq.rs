@@ -3,6 +3,8 @@
 //! library and the binary.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,14 +98,9 @@ async fn consume(pool: &PgPool, records: &[ConsumedRecord]) {
     writer.write(&mut owner, &prepared).await.unwrap();
 }
 
-fn tgingest(args: &[&str], db: &TestDb) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tgingest"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db.url())
-        .output()
-        .expect("running tgingest")
+/// Runs the binary against the test's database.
+fn tgingest_on(args: &[&str], db: &TestDb) -> std::process::Output {
+    common::tgingest(args, &[("DATABASE_URL", db.url())])
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -141,7 +138,7 @@ async fn a_dead_letter_from_a_fixable_condition_is_redriven_into_rows_exactly_on
     let (resolved, attempts, class) = letter_state(&pool, 1).await;
     assert_eq!((resolved, attempts, class.as_str()), (None, 1, "db_23514"));
 
-    let out = tgingest(&["dlq", "list", "--json"], &db);
+    let out = tgingest_on(&["dlq", "list", "--json"], &db);
     assert!(
         out.status.success(),
         "{}",
@@ -153,7 +150,7 @@ async fn a_dead_letter_from_a_fixable_condition_is_redriven_into_rows_exactly_on
     assert_eq!(listed[0]["error_class"], "db_23514");
     let id = listed[0]["id"].as_i64().unwrap();
 
-    let out = tgingest(&["dlq", "show", &id.to_string()], &db);
+    let out = tgingest_on(&["dlq", "show", &id.to_string()], &db);
     let text = stdout(&out);
     assert!(out.status.success());
     assert!(
@@ -164,7 +161,7 @@ async fn a_dead_letter_from_a_fixable_condition_is_redriven_into_rows_exactly_on
     assert!(text.contains("tg-bot-id"), "the headers are shown: {text}");
 
     // Still broken: the redrive fails, counts the attempt and keeps the letter pending.
-    let out = tgingest(&["dlq", "redrive", "--id", &id.to_string()], &db);
+    let out = tgingest_on(&["dlq", "redrive", "--id", &id.to_string()], &db);
     assert!(
         out.status.success(),
         "{}",
@@ -182,7 +179,7 @@ async fn a_dead_letter_from_a_fixable_condition_is_redriven_into_rows_exactly_on
         .execute(&pool)
         .await
         .unwrap();
-    let out = tgingest(&["dlq", "redrive", "--class", "db_23514"], &db);
+    let out = tgingest_on(&["dlq", "redrive", "--class", "db_23514"], &db);
     assert!(
         out.status.success(),
         "{}",
@@ -207,7 +204,7 @@ async fn a_dead_letter_from_a_fixable_condition_is_redriven_into_rows_exactly_on
         .assert_ok();
 
     // Exactly once: a second redrive of the same letter changes nothing.
-    let out = tgingest(&["dlq", "redrive", "--id", &id.to_string()], &db);
+    let out = tgingest_on(&["dlq", "redrive", "--id", &id.to_string()], &db);
     assert!(out.status.success());
     assert!(
         stdout(&out)
@@ -323,12 +320,12 @@ async fn purge_refuses_without_yes_and_deletes_only_the_selection() {
     };
     assert_eq!(count().await, 3);
 
-    let out = tgingest(&["dlq", "purge", "--resolved"], &db);
+    let out = tgingest_on(&["dlq", "purge", "--resolved"], &db);
     assert_eq!(out.status.code(), Some(2), "refused without --yes");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
     assert_eq!(count().await, 3);
 
-    let out = tgingest(&["dlq", "purge", "--resolved", "--yes"], &db);
+    let out = tgingest_on(&["dlq", "purge", "--resolved", "--yes"], &db);
     assert!(
         out.status.success(),
         "{}",
@@ -337,7 +334,7 @@ async fn purge_refuses_without_yes_and_deletes_only_the_selection() {
     assert!(stdout(&out).contains("deleted 1 dead letters"));
     assert_eq!(count().await, 2);
 
-    let since_future = tgingest(
+    let since_future = tgingest_on(
         &["dlq", "list", "--since", "2999-01-01T00:00:00Z", "--json"],
         &db,
     );
@@ -347,7 +344,7 @@ async fn purge_refuses_without_yes_and_deletes_only_the_selection() {
         0,
         "the time filter applies"
     );
-    let recent = tgingest(&["dlq", "list", "--since", "1h", "--partition", "0"], &db);
+    let recent = tgingest_on(&["dlq", "list", "--since", "1h", "--partition", "0"], &db);
     assert!(
         stdout(&recent).contains("2 dead letters"),
         "{}",

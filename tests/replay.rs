@@ -621,17 +621,6 @@ async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_
 }
 
 /// Runs the binary with a clean environment plus `env`.
-fn tgingest(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tgingest"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("running tgingest")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_the_replay_command_prints_a_dry_run_rewinds_without_touching_the_epoch_and_refuses_skips()
  {

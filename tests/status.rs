@@ -11,17 +11,6 @@ use rdkafka::producer::FutureRecord;
 mod common;
 use common::*;
 
-fn tgingest(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tgingest"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("running tgingest")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_status_json_matches_the_state_the_test_built() {
     let (db, broker, topic, group) = setup(4).await;

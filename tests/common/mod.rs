@@ -272,3 +272,15 @@ pub async fn setup(partitions: i32) -> (TestDb, TestBroker, String, String) {
     let group = broker.unique_group("sink");
     (db, broker, topic, group)
 }
+
+/// Runs the `tgingest` binary with a clean environment (only `PATH`) plus `env`.
+pub fn tgingest(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tgingest"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running tgingest")
+}
