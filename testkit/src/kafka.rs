@@ -247,6 +247,20 @@ impl TestBroker {
     }
 }
 
+impl TestBroker {
+    /// Takes the broker down cleanly: Tansu gets SIGTERM (SIGKILL only if it outlives the wait);
+    /// the mock cluster has no clean shutdown and goes down as in [`TestBroker::set_available`].
+    /// Bring it back with `set_available(true)`.
+    pub async fn stop_cleanly(&self) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Tansu(broker) if broker.is_running().await => {
+                broker.stop_with(nix::sys::signal::Signal::SIGTERM).await
+            }
+            _ => self.set_available(false).await,
+        }
+    }
+}
+
 fn security_from_env() -> Vec<(String, String)> {
     SECURITY_ENV
         .iter()

@@ -134,12 +134,21 @@ impl TansuBroker {
 
     /// SIGKILLs the broker and waits for it to be gone.
     pub(super) async fn kill(&self) -> anyhow::Result<()> {
+        self.stop_with(Signal::SIGKILL).await
+    }
+
+    /// Stops the broker with `signal` (SIGTERM: a clean shutdown) and waits for it to be gone;
+    /// a broker still running after the wait is SIGKILLed.
+    pub(super) async fn stop_with(&self, signal: Signal) -> anyhow::Result<()> {
         let mut slot = self.child.lock().await;
         let Some(child) = slot.take() else {
             bail!("tansu on port {} is not running", self.port);
         };
-        child.signal_group(Signal::SIGKILL)?;
-        child.wait(KILL_TIMEOUT).await?;
+        child.signal_group(signal)?;
+        if child.wait(KILL_TIMEOUT).await.is_err() {
+            child.signal_group(Signal::SIGKILL)?;
+            child.wait(KILL_TIMEOUT).await?;
+        }
         Ok(())
     }
 }
