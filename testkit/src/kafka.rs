@@ -248,6 +248,17 @@ impl TestBroker {
 }
 
 impl TestBroker {
+    /// What the broker process printed so far (Tansu: the running process; the hosted mock: its
+    /// helper), so a test can tell a broker's own crash from a fault of the code under test.
+    /// `None` for brokers without a process of their own.
+    pub async fn process_output(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Tansu(broker) => broker.output().await,
+            Backend::HostedMock(hosted) => Some(hosted.process().output_text()),
+            Backend::Mock(_) | Backend::External => None,
+        }
+    }
+
     /// Takes the broker down cleanly: Tansu gets SIGTERM (SIGKILL only if it outlives the wait);
     /// the mock cluster has no clean shutdown and goes down as in [`TestBroker::set_available`].
     /// Bring it back with `set_available(true)`.

@@ -307,7 +307,11 @@ async fn consumer_sigkill_mid_batch_repeatedly() {
         |_| None,
         async |p| {
             let mut kills = 0;
-            while feeding(p) {
+            let mut turns = 0;
+            // At least 3 kills, even if a loaded machine makes the traffic outpace them.
+            while feeding(p) || kills < 3 {
+                turns += 1;
+                anyhow::ensure!(turns < 200, "only {kills} consumer processes were killed");
                 tokio::time::sleep(Duration::from_millis(2_000 + (kills % 3) * 600)).await;
                 if let Some(victim) = owning_consumer(p, kills as usize) {
                     p.kill_and_replace_consumer(victim).await?;
@@ -433,7 +437,12 @@ async fn rebalance_storm(strategy: &str, name: &'static str) {
         async |p| {
             let (mut added, mut removed, mut killed) = (0, 0, 0);
             let mut step = 0;
-            while feeding(p) {
+            while feeding(p) || added + removed < 4 {
+                anyhow::ensure!(
+                    step < 200,
+                    "the storm changed membership only {} times",
+                    added + removed
+                );
                 tokio::time::sleep(Duration::from_millis(1_500 + (step % 3) * 700)).await;
                 step += 1;
                 let live = p.live_consumers().len();
@@ -490,36 +499,62 @@ async fn kafka_restarts_killed_and_clean() {
     // Tansu has no per-partition cap; fewer partitions keep its sqlite file quick.
     scale.partitions = scale.partitions.min(12);
     let spec = Spec::new(kind, scale.partitions);
-    let finished = run(
-        "broker restart (SIGKILL and clean), Tansu",
-        spec,
-        scale,
-        |_| None,
-        async |p| {
-            let (mut killed, mut clean) = (0, 0);
-            let mut round = 0;
-            while feeding(p) || round == 0 {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                if round % 2 == 0 {
-                    p.broker.set_available(false).await?;
-                    killed += 1;
-                } else {
-                    p.broker.stop_cleanly().await?;
-                    clean += 1;
-                }
-                round += 1;
-                let watched = outage_watch(p, Duration::from_secs(2), Duration::from_secs(3)).await;
-                p.broker.set_available(true).await?;
-                watched?;
+    let settle_timeout = scale.settle_timeout();
+    let finished = run("broker restart (SIGKILL and clean), Tansu", spec, scale, |_| None, async |p| {
+        let (mut killed, mut clean, mut recovered) = (0, 0, 0);
+        let mut round = 0;
+        while feeding(p) || round == 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            recovered += restart_if_wedged(p).await?;
+            if round % 2 == 0 {
+                p.broker.set_available(false).await?;
+                killed += 1;
+            } else {
+                p.broker.stop_cleanly().await?;
+                clean += 1;
             }
-            Ok(format!(
-                "{killed} SIGKILL and {clean} SIGTERM restarts; confirms frozen during each outage"
-            ))
-        },
-    )
+            round += 1;
+            let watched = outage_watch(p, Duration::from_secs(2), Duration::from_secs(3)).await;
+            p.broker.set_available(true).await?;
+            watched?;
+        }
+        // Until everything is stored, a broker wedged by its own panic is restarted, as a
+        // liveness probe would.
+        let deadline = Instant::now() + settle_timeout;
+        while p.settled().await.is_err() && Instant::now() < deadline {
+            recovered += restart_if_wedged(p).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let wedged = if recovered > 0 {
+            format!("; {recovered} more restarts after Tansu's storage panic")
+        } else {
+            String::new()
+        };
+        Ok(format!(
+            "{killed} SIGKILL and {clean} SIGTERM restarts; confirms frozen during each outage{wedged}"
+        ))
+    })
     .await;
     finished.assert_clean();
     finished.cleanup().await;
+}
+
+/// Tansu 0.6's storage actor panics ("more or less than one row") when an idempotent producer
+/// retries a batch under an epoch it has since bumped; from then on it answers every request with
+/// `UnableToSend`. That is the broker's bug, not tgingest's: restart it (with its data), as an
+/// orchestrator's liveness probe would, and count the restart. Returns 1 if it restarted.
+async fn restart_if_wedged(p: &Pipeline) -> anyhow::Result<usize> {
+    let wedged = p
+        .broker
+        .process_output()
+        .await
+        .is_some_and(|log| log.contains("more or less than one row"));
+    if wedged {
+        eprintln!("Tansu's storage actor panicked; restarting it");
+        p.broker.set_available(false).await?;
+        p.broker.set_available(true).await?;
+    }
+    Ok(usize::from(wedged))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -856,10 +891,10 @@ async fn webhook_duplicated_and_shuffled_deliveries() {
 async fn producer_killed_between_kafka_ack_and_confirm() {
     let scale = Scale::of(false);
     let mut spec = Spec::new(mock_broker(), scale.partitions);
-    // After every 15th acknowledged batch the producer exits (status 86) before confirming.
+    // After every 10th acknowledged batch the producer exits (status 86) before confirming.
     spec.producer_env.push((
         "FAILPOINTS",
-        "producer::after_publish_before_confirm=14*off->return".to_owned(),
+        "producer::after_publish_before_confirm=9*off->return".to_owned(),
     ));
     let finished = run(
         "producer crash between Kafka ack and confirm; broker outage",
@@ -931,10 +966,8 @@ async fn security_injection_text_verbatim_least_privilege_no_secrets_logged() {
         scale,
         special,
         async |p| {
-            Ok(format!(
-                "1 in 10 messages an injection attempt; consumers log in as {}",
-                p.role().unwrap_or("?")
-            ))
+            anyhow::ensure!(p.role().is_some(), "the consumers run as the owner");
+            Ok("1 in 10 messages an injection attempt; consumers log in as a role without DDL; debug logs".to_owned())
         },
     )
     .await;

@@ -541,38 +541,41 @@ impl Pipeline {
         Ok(out)
     }
 
-    /// Waits until Telegram has nothing pending and every stored offset is at its log end.
+    /// Whether Telegram has nothing pending and every stored offset is at its log end; `Err`
+    /// says where it stands.
+    pub async fn settled(&self) -> Result<(), String> {
+        let pending = self.pending();
+        if pending > 0 {
+            return Err(format!(
+                "Telegram still holds {pending} undelivered updates"
+            ));
+        }
+        let ends = self.watermarks().await.map_err(|e| format!("{e:#}"))?;
+        let stored = self.stored_offsets().await.map_err(|e| format!("{e:#}"))?;
+        let done = ends
+            .iter()
+            .zip(&stored)
+            .all(|((_, high), at)| at.unwrap_or(0) == *high);
+        if done {
+            Ok(())
+        } else {
+            Err(format!(
+                "stored offsets {stored:?} are not at the log ends {ends:?}"
+            ))
+        }
+    }
+
+    /// Waits until [`Pipeline::settled`].
     pub async fn settle(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        while self.pending() > 0 {
-            if Instant::now() > deadline {
-                bail!(
-                    "Telegram still holds {} undelivered updates after {timeout:?}",
-                    self.pending()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
         loop {
-            let ends = self.watermarks().await;
-            let stored = self.stored_offsets().await;
-            if let (Ok(ends), Ok(stored)) = (&ends, &stored) {
-                let done = ends
-                    .iter()
-                    .zip(stored)
-                    .all(|((_, high), at)| at.unwrap_or(0) == *high);
-                if done {
-                    return Ok(());
+            match self.settled().await {
+                Ok(()) => return Ok(()),
+                Err(state) if Instant::now() > deadline => {
+                    bail!("not settled within {timeout:?}: {state}")
                 }
-                if Instant::now() > deadline {
-                    bail!(
-                        "stored offsets {stored:?} never reached the log ends {ends:?} within {timeout:?}"
-                    );
-                }
-            } else if Instant::now() > deadline {
-                bail!("could not read offsets: {ends:?} {stored:?}");
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
 

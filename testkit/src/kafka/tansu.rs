@@ -132,6 +132,15 @@ impl TansuBroker {
         self.child.lock().await.is_some()
     }
 
+    /// The running process's output so far.
+    pub(super) async fn output(&self) -> Option<String> {
+        self.child
+            .lock()
+            .await
+            .as_ref()
+            .map(ChildProcess::output_text)
+    }
+
     /// SIGKILLs the broker and waits for it to be gone.
     pub(super) async fn kill(&self) -> anyhow::Result<()> {
         self.stop_with(Signal::SIGKILL).await
