@@ -11,8 +11,9 @@
 //! - [`Publisher::publish_until_acked`] retries only the records that failed, with capped
 //!   backoff, until all are acknowledged or shutdown is requested; it never reports success for a
 //!   record without its delivery report.
-//! - After a fatal librdkafka error (e.g. idempotence fencing), and after deliveries timed out,
-//!   the producer is rebuilt from the same configuration; every later attempt uses the new one.
+//! - After a fatal librdkafka error (e.g. idempotence fencing), and after deliveries timed out or
+//!   failed with the broker's unknown server error, the producer is rebuilt from the same
+//!   configuration; every later attempt uses the new one.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -219,11 +220,21 @@ impl Publisher {
                 first.unwrap_or_default()
             );
             self.readiness.not_ready(KAFKA_CHECK, &reason);
-            let timed_out = outcomes.iter().any(|o| {
-                matches!(o, RecordOutcome::Failed(e)
-                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut))
-            });
-            self.replace_after_failure(generation, &producer, timed_out);
+            let codes: Vec<Option<RDKafkaErrorCode>> = outcomes
+                .iter()
+                .filter_map(|o| match o {
+                    RecordOutcome::Failed(e) => Some(e.rdkafka_error_code()),
+                    RecordOutcome::Acked => None,
+                })
+                .collect();
+            let cause = if codes.contains(&Some(RDKafkaErrorCode::MessageTimedOut)) {
+                Some("timeout")
+            } else if codes.contains(&Some(RDKafkaErrorCode::Unknown)) {
+                Some("unknown_broker_error")
+            } else {
+                None
+            };
+            self.replace_after_failure(generation, &producer, cause);
         }
         outcomes
     }
@@ -358,17 +369,25 @@ impl Publisher {
     }
 
     /// Rebuilds the producer when `used` (generation `generation`) has a fatal error, or when
-    /// deliveries timed out. Callers that saw an older generation do nothing: someone already
-    /// rebuilt it.
+    /// deliveries failed for a `cause` that a fresh idempotence session cures: timeouts and the
+    /// broker's unknown server error. Callers that saw an older generation do nothing: someone
+    /// already rebuilt it.
     ///
     /// Why timeouts too: after timed-out deliveries librdkafka bumps the idempotent producer's
     /// epoch locally (KIP-360). Kafka accepts that, but brokers without KIP-360 support (Tansu 0.6
     /// panics on it and stops serving) do not; a fresh producer asks the broker for a new
-    /// producer id instead. Nothing is lost either way: the failed records are sent again, and
-    /// the retry is a new idempotence session in both cases.
-    fn replace_after_failure(&self, generation: u64, used: &FutureProducer, timed_out: bool) {
+    /// producer id instead. Why unknown server errors: a broker that failed on this producer's
+    /// state (Tansu 0.6 after a restart answers every retry of the same session that way) may
+    /// accept a new session. Nothing is lost either way: the failed records are sent again, and
+    /// the retry is a new idempotence session in every case.
+    fn replace_after_failure(
+        &self,
+        generation: u64,
+        used: &FutureProducer,
+        cause: Option<&'static str>,
+    ) {
         let fatal = used.client().fatal_error();
-        if fatal.is_none() && !timed_out {
+        if fatal.is_none() && cause.is_none() {
             return;
         }
         let mut guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -384,8 +403,12 @@ impl Publisher {
                             .increment(1);
                     }
                     None => {
-                        tracing::info!("deliveries timed out; producer recreated for the retry");
-                        ::metrics::counter!(metrics::PRODUCER_RECREATED, "cause" => "timeout")
+                        let cause = cause.unwrap_or("timeout");
+                        tracing::info!(
+                            cause,
+                            "deliveries failed; producer recreated for the retry"
+                        );
+                        ::metrics::counter!(metrics::PRODUCER_RECREATED, "cause" => cause)
                             .increment(1);
                     }
                 }
