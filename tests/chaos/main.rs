@@ -3,7 +3,8 @@
 //! per scenario, judged by the oracle in [`oracle`]. docs/RELIABILITY.md publishes a large run.
 //!
 //! Sizes: `CHAOS_SIZE=small` (the default, what CI runs) or `CHAOS_SIZE=large` (100k updates for
-//! consumer kills, rebalance storms, broker restarts and poison input; 10k for the rest). With
+//! consumer kills, rebalance storms and poison input; 10k for the rest, broker restarts included,
+//! which Tansu cannot carry at 100k: docs/RELIABILITY.md). With
 //! `CHAOS_REPORT=FILE` every scenario appends its result row (Markdown) to FILE.
 //!
 //! Brokers (DESIGN.md §8): consumer churn, zombies and rebalance storms run on the mock cluster

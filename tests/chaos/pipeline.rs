@@ -260,14 +260,8 @@ impl Pipeline {
             spawned: AtomicUsize::new(0),
             feeding_done: AtomicBool::new(false),
         };
-        let producer = pipeline.spawn_producer()?;
+        let producer = pipeline.spawn_producer().await?;
         if let Intake::Webhook { .. } = pipeline.spec.intake {
-            producer
-                .wait_for_line(
-                    |l| l.contains("webhook endpoint listening"),
-                    Duration::from_secs(30),
-                )
-                .await?;
             pipeline.register_webhooks().await?;
         }
         lock(&pipeline.producers).push(producer);
@@ -301,7 +295,8 @@ impl Pipeline {
         format!("{role}-{}", self.spawned.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn spawn_producer(&self) -> anyhow::Result<Arc<ChildProcess>> {
+    /// Spawns a producer process; in webhook mode, waits until its endpoint listens.
+    async fn spawn_producer(&self) -> anyhow::Result<Arc<ChildProcess>> {
         let tokens: Vec<&str> = self.bots.iter().map(|b| b.token.as_str()).collect();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tgingest"));
         cmd.arg("producer")
@@ -323,11 +318,20 @@ impl Pipeline {
         for (key, value) in &self.spec.producer_env {
             cmd.env(key, value);
         }
-        Ok(Arc::new(ChildProcess::spawn(
+        let child = Arc::new(ChildProcess::spawn(
             cmd,
             &self.name("producer"),
             HARD_TIMEOUT,
-        )?))
+        )?);
+        if let Intake::Webhook { .. } = self.spec.intake {
+            child
+                .wait_for_line(
+                    |l| l.contains("webhook endpoint listening"),
+                    Duration::from_secs(30),
+                )
+                .await?;
+        }
+        Ok(child)
     }
 
     /// Registers each bot's webhook with the simulated Bot API as an operator would (the producer
@@ -365,15 +369,7 @@ impl Pipeline {
 
     /// Replaces the producer: it must already be dead (killed or exited).
     pub async fn restart_producer(&self, index: usize) -> anyhow::Result<()> {
-        let fresh = self.spawn_producer()?;
-        if let Intake::Webhook { .. } = self.spec.intake {
-            fresh
-                .wait_for_line(
-                    |l| l.contains("webhook endpoint listening"),
-                    Duration::from_secs(30),
-                )
-                .await?;
-        }
+        let fresh = self.spawn_producer().await?;
         let old = std::mem::replace(&mut lock(&self.producers)[index], fresh);
         lock(&self.retired).push(old);
         Ok(())
@@ -400,8 +396,8 @@ impl Pipeline {
         cmd
     }
 
-    /// Starts one more consumer process and waits until it logged its start.
-    pub async fn add_consumer(&self) -> anyhow::Result<Arc<ChildProcess>> {
+    /// Spawns a consumer process and waits until it logged its start.
+    async fn spawn_consumer(&self) -> anyhow::Result<Arc<ChildProcess>> {
         let child = Arc::new(ChildProcess::spawn(
             self.consumer_command(),
             &self.name("consumer"),
@@ -413,6 +409,12 @@ impl Pipeline {
                 Duration::from_secs(30),
             )
             .await?;
+        Ok(child)
+    }
+
+    /// Starts one more consumer process and waits until it logged its start.
+    pub async fn add_consumer(&self) -> anyhow::Result<Arc<ChildProcess>> {
+        let child = self.spawn_consumer().await?;
         lock(&self.consumers).push(child.clone());
         Ok(child)
     }
@@ -427,17 +429,7 @@ impl Pipeline {
         let victim = lock(&self.consumers)[index].clone();
         victim.signal(Signal::SIGKILL)?;
         victim.wait(Duration::from_secs(10)).await?;
-        let fresh = Arc::new(ChildProcess::spawn(
-            self.consumer_command(),
-            &self.name("consumer"),
-            HARD_TIMEOUT,
-        )?);
-        fresh
-            .wait_for_line(
-                |l| l.contains("starting") && l.contains("consumer"),
-                Duration::from_secs(30),
-            )
-            .await?;
+        let fresh = self.spawn_consumer().await?;
         let old = std::mem::replace(&mut lock(&self.consumers)[index], fresh);
         lock(&self.retired).push(old);
         Ok(())
