@@ -236,6 +236,10 @@ impl Finished {
             .count()
     }
 
+    fn count_special(&self, special: Special) -> usize {
+        self.count_generated(|g| g.special == Some(special))
+    }
+
     async fn cleanup(self) {
         self.pipeline.cleanup().await;
     }
@@ -699,7 +703,7 @@ async fn statement_failures_nul_text_and_constraint_violation() {
         violating > 0 && refused as usize >= violating,
         "{refused} of {violating} dead-lettered by 23514"
     );
-    let nul = finished.count_generated(|g| g.raw.windows(6).any(|w| w == br"\u0000"));
+    let nul = finished.count_special(Special::NulText);
     let kept = finished
         .scalar("SELECT count(*) FROM raw_updates WHERE kafka_topic = $1 AND payload IS NULL")
         .await;
@@ -736,7 +740,7 @@ async fn poison_input_over_webhook() {
     finished.assert_clean();
     let poisoned = finished.count_generated(|g| g.expect == special::Expect::DeadLetter);
     assert!(poisoned > 0 && finished.verdict.dead_letters >= poisoned);
-    let surrogates = finished.count_generated(|g| g.raw.windows(6).any(|w| w == br"\ud800"));
+    let surrogates = finished.count_special(Special::LoneSurrogate);
     let kept = finished
         .scalar("SELECT count(*) FROM raw_updates WHERE kafka_topic = $1 AND payload IS NULL")
         .await;
@@ -795,11 +799,7 @@ async fn schema_drift_unknown_kind_and_fields_kept_raw() {
     )
     .await;
     finished.assert_clean();
-    let unknown = finished.count_generated(|g| {
-        g.raw
-            .windows(pipeline::FUTURE_KIND.len())
-            .any(|w| w == pipeline::FUTURE_KIND.as_bytes())
-    });
+    let unknown = finished.count_special(Special::UnknownKind);
     let stored = finished
         .scalar(&format!(
             "SELECT count(*) FROM raw_updates WHERE kafka_topic = $1 AND update_type = '{}'",
@@ -810,7 +810,7 @@ async fn schema_drift_unknown_kind_and_fields_kept_raw() {
         unknown > 0 && stored as usize == unknown,
         "{stored} of {unknown} unknown-kind updates"
     );
-    let with_fields = finished.count_generated(|g| g.raw.windows(12).any(|w| w == b"future_field"));
+    let with_fields = finished.count_special(Special::UnknownFields);
     let projected = finished
         .scalar(
             "SELECT count(*) FROM messages m JOIN raw_updates r ON r.bot_id = m.bot_id AND r.update_id = m.src_update_id \
