@@ -313,17 +313,28 @@ async fn consumer_sigkill_mid_batch_repeatedly() {
         async |p| {
             let mut kills = 0;
             let mut turns = 0;
-            // At least 3 kills, even if a loaded machine makes the traffic outpace them.
-            while feeding(p) || kills < 3 {
+            // At least 3 takeovers, even if a loaded machine makes the traffic outpace the kills.
+            // Each kill waits for the group to hand the victim's partitions to a survivor (the
+            // session timeout is 6 s), so the next kill hits a consumer that is writing again.
+            while feeding(p) || kills < 3 || ownership_moves(p).await < 3 {
                 turns += 1;
-                anyhow::ensure!(turns < 200, "only {kills} consumer processes were killed");
-                tokio::time::sleep(Duration::from_millis(2_000 + (kills % 3) * 600)).await;
-                if let Some(victim) = owning_consumer(p, kills as usize) {
-                    p.kill_and_replace_consumer(victim).await?;
-                    kills += 1;
+                anyhow::ensure!(
+                    turns < 100,
+                    "{kills} consumer processes were killed, but partitions changed owner only {} times",
+                    ownership_moves(p).await
+                );
+                tokio::time::sleep(Duration::from_millis(1_000 + (kills as u64 % 3) * 600)).await;
+                let Some(victim) = owning_consumer(p, kills) else {
+                    continue;
+                };
+                let before = ownership_moves(p).await;
+                p.kill_and_replace_consumer(victim).await?;
+                kills += 1;
+                let until = Instant::now() + Duration::from_secs(20);
+                while ownership_moves(p).await == before && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            anyhow::ensure!(kills >= 3, "only {kills} consumer processes were killed");
             Ok(format!("{kills} SIGKILLs of owning consumers"))
         },
     )
