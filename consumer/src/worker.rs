@@ -7,8 +7,9 @@
 //!   persists is recorded in `offset_gaps` (with the offset move, in one fenced transaction),
 //!   counted and logged at error — never skipped silently;
 //! - the queue is read without blocking a runtime thread (non-empty callback → `Notify`, then
-//!   non-blocking polls), and at most one batch is buffered, so memory is bounded by the batch
-//!   limits plus librdkafka's per-partition queue;
+//!   non-blocking polls); at most one batch is buffered, and records leave the queue only while
+//!   the process-wide [`InflightBudget`](crate::budget::InflightBudget) has room, so memory is
+//!   bounded by that budget plus librdkafka's per-partition queues, whatever the partition count;
 //! - transient errors are retried with capped backoff while the partition is paused; a fenced
 //!   worker stops; a replay (new `rewind_seq`) is followed by a seek, also when idle (the row is
 //!   re-read every `idle_reread_interval`);
@@ -25,6 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::Held;
 use crate::config::RetryPolicy;
 use crate::group::{Command, SinkContext};
 use crate::offsets::{OffsetStore, Ownership, StoredOffset};
@@ -71,6 +73,8 @@ pub(crate) struct PartitionWorker {
     pub readiness: Arc<dyn Readiness>,
     pub commands: std::sync::mpsc::Sender<Command>,
     pub positions: Arc<Mutex<std::collections::HashMap<i32, i64>>>,
+    /// This worker's share of the process-wide budget of record bytes in flight.
+    pub held: Held,
 }
 
 impl std::fmt::Debug for PartitionWorker {
@@ -102,6 +106,9 @@ impl PartitionWorker {
             if self.cancel.is_cancelled() {
                 return WorkerExit::Cancelled;
             }
+            // Written and dropped records go back to the budget; the buffer stays counted.
+            self.held
+                .settle(buffer.iter().map(ConsumedRecord::size).sum());
             if let Flow::Stop(exit) = self.fill(&mut buffer).await {
                 return exit;
             }
@@ -154,9 +161,12 @@ impl PartitionWorker {
             }
 
             let (count, bytes, interrupted) = self.contiguous_prefix(&buffer);
+            // Out of budget: lingering would only wait for records this worker may not take.
+            let starved = !self.held.budget().has_room();
             let full = count >= self.settings.batch_max_records
                 || bytes >= self.settings.batch_max_bytes
-                || interrupted;
+                || interrupted
+                || starved;
             let lingered = first_buffered_at.is_some_and(|at| at.elapsed() >= self.settings.linger);
             if count > 0 && (full || lingered) {
                 let records: Vec<PreparedRecord> =
@@ -189,17 +199,19 @@ impl PartitionWorker {
                 biased;
                 () = self.cancel.cancelled() => return WorkerExit::Cancelled,
                 () = self.notify.notified() => {}
+                () = self.held.budget().released(), if starved => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
     }
 
     /// Moves what the queue holds into the buffer (non-blocking), keeping the buffer strictly
-    /// increasing and within the batch limits.
+    /// increasing and within the batch limits and the process's budget.
     async fn fill(&mut self, buffer: &mut VecDeque<ConsumedRecord>) -> Flow {
         let mut bytes: usize = buffer.iter().map(ConsumedRecord::size).sum();
         while buffer.len() < self.settings.batch_max_records
             && bytes < self.settings.batch_max_bytes
+            && self.held.budget().has_room()
         {
             let polled = match self.queue.poll(Duration::ZERO) {
                 None => break,
@@ -217,6 +229,7 @@ impl PartitionWorker {
                         continue;
                     }
                     bytes += record.size();
+                    self.held.add(record.size());
                     buffer.push_back(record);
                 }
                 Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
@@ -321,16 +334,13 @@ impl PartitionWorker {
         let mut attempt = 0u32;
         let mut paused = false;
         let flow = loop {
+            // Records are in offset order; a retry writes only what is not yet committed.
             let start = self.owner.next_offset;
-            let pending: Vec<PreparedRecord> = records
-                .iter()
-                .filter(|r| r.record.offset >= start)
-                .cloned()
-                .collect();
+            let pending = &records[records.partition_point(|r| r.record.offset < start)..];
             if pending.is_empty() {
                 break Flow::Continue;
             }
-            match self.writer.write(&mut self.owner, &pending).await {
+            match self.writer.write(&mut self.owner, pending).await {
                 Ok(summary) => {
                     tracing::debug!(
                         records = summary.records,
