@@ -153,8 +153,12 @@ pub struct ConsumerArgs {
     pub session_timeout: Duration,
     /// Prefetch buffer per assigned partition, in KiB (librdkafka `queued.max.messages.kbytes`;
     /// with one queue per partition the bound is partitions × this).
-    #[arg(long, env = "CONSUMER_QUEUE_KBYTES_PER_PARTITION", default_value_t = 16 * 1024)]
+    #[arg(long, env = "CONSUMER_QUEUE_KBYTES_PER_PARTITION", default_value_t = consumer::config::DEFAULT_QUEUE_KBYTES_PER_PARTITION)]
     pub queue_kbytes_per_partition: u32,
+    /// Record bytes (payload + key) all partition workers of the process may hold at once,
+    /// buffered or in batches being written; bounds memory whatever the partition count.
+    #[arg(long, env = "CONSUMER_MAX_INFLIGHT_BYTES", default_value_t = consumer::config::DEFAULT_MAX_INFLIGHT_BYTES)]
+    pub max_inflight_bytes: usize,
     /// How long SIGTERM may take to finish in-flight batches before the process gives up.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -463,6 +467,7 @@ pub fn consumer_config(
     config.group_instance_id = args.group_instance_id.clone();
     config.session_timeout = args.session_timeout;
     config.queued_max_kbytes_per_partition = args.queue_kbytes_per_partition;
+    config.max_inflight_bytes = args.max_inflight_bytes;
     config
         .validate()
         .map_err(|e| ConfigError::new(consumer_setting(&e.setting), e.reason))?;
@@ -481,6 +486,7 @@ fn consumer_setting(field: &str) -> String {
         "group_instance_id" => "KAFKA_GROUP_INSTANCE_ID",
         "session_timeout" => "KAFKA_SESSION_TIMEOUT",
         "queued_max_kbytes_per_partition" => "CONSUMER_QUEUE_KBYTES_PER_PARTITION",
+        "max_inflight_bytes" => "CONSUMER_MAX_INFLIGHT_BYTES",
         other => other,
     }
     .to_owned()

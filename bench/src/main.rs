@@ -84,7 +84,8 @@ enum Command {
         partitions: i32,
         #[arg(long, default_value_t = 12_000_000)]
         partition_budget: usize,
-        /// `K:R` pairs: CONSUMER_QUEUE_KBYTES_PER_PARTITION : CONSUMER_BATCH_MAX_RECORDS.
+        /// Consumer settings to measure, each `K:R:B` (CONSUMER_QUEUE_KBYTES_PER_PARTITION :
+        /// CONSUMER_BATCH_MAX_RECORDS : CONSUMER_MAX_INFLIGHT_BYTES) or `defaults`.
         #[arg(long, value_delimiter = ',', default_value = MEMORY_CONFIGS)]
         configs: Vec<String>,
         #[arg(long, default_value_t = 20)]
@@ -102,20 +103,15 @@ enum Command {
     },
 }
 
-/// Default memory configurations (K:R): the defaults, a smaller prefetch, and settings that keep
-/// 48 partitions under 256 MB.
-const MEMORY_CONFIGS: &str = "16384:1000,2048:1000,512:250";
+/// Default memory configurations: the consumer's defaults, a larger in-flight budget, and the
+/// budget lifted out of the way (the memory of the per-partition bounds alone).
+const MEMORY_CONFIGS: &str = "defaults,1024:1000:33554432,1024:1000:1073741824";
 
-fn parse_memory_configs(configs: &[String]) -> anyhow::Result<Vec<(u32, u64)>> {
+fn parse_memory_configs(configs: &[String]) -> anyhow::Result<Vec<memory::Settings>> {
     configs
         .iter()
         .flat_map(|c| c.split(','))
-        .map(|pair| {
-            let (k, b) = pair
-                .split_once(':')
-                .ok_or_else(|| anyhow::anyhow!("memory config {pair:?} is not K:R"))?;
-            Ok((k.parse()?, b.parse()?))
-        })
+        .map(memory::Settings::parse)
         .collect()
 }
 

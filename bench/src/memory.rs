@@ -19,6 +19,43 @@ use crate::procstat;
 use crate::report::Table;
 use crate::sink::{measure_drain, preload_topic, tgingest_progress_sql};
 
+/// The consumer settings one row measures.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// CONSUMER_QUEUE_KBYTES_PER_PARTITION.
+    pub queue_kib: u32,
+    /// CONSUMER_BATCH_MAX_RECORDS.
+    pub batch_records: u64,
+    /// CONSUMER_MAX_INFLIGHT_BYTES.
+    pub inflight_bytes: usize,
+    /// Whether these are the consumer's defaults.
+    pub defaults: bool,
+}
+
+impl Settings {
+    /// `defaults`, or `K:R:B`.
+    pub fn parse(spec: &str) -> anyhow::Result<Self> {
+        if spec == "defaults" {
+            return Ok(Self {
+                queue_kib: consumer::config::DEFAULT_QUEUE_KBYTES_PER_PARTITION,
+                batch_records: 1000,
+                inflight_bytes: consumer::config::DEFAULT_MAX_INFLIGHT_BYTES,
+                defaults: true,
+            });
+        }
+        let parts: Vec<&str> = spec.split(':').collect();
+        let [k, r, b] = parts[..] else {
+            anyhow::bail!("memory config {spec:?} is neither `defaults` nor K:R:B");
+        };
+        Ok(Self {
+            queue_kib: k.parse()?,
+            batch_records: r.parse()?,
+            inflight_bytes: b.parse()?,
+            defaults: false,
+        })
+    }
+}
+
 /// Peak and plateau of one stalled consumer.
 #[derive(Debug, Clone, Copy)]
 pub struct Stalled {
@@ -31,8 +68,7 @@ async fn stalled_consumer(
     bootstrap: &str,
     topic: &str,
     total: i64,
-    queue_kib: u32,
-    batch_max_records: u64,
+    settings: Settings,
     stall: Duration,
     log: &Path,
 ) -> anyhow::Result<Stalled> {
@@ -43,19 +79,29 @@ async fn stalled_consumer(
         sqlx::query("LOCK TABLE raw_updates IN ACCESS EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
-        let group = format!("bench-memory-{queue_kib}-{batch_max_records}");
-        let env = consumer_env(
-            bootstrap,
-            topic,
-            &group,
-            &db.url,
-            &[
-                ("CONSUMER_QUEUE_KBYTES_PER_PARTITION", queue_kib.to_string()),
-                ("CONSUMER_BATCH_MAX_RECORDS", batch_max_records.to_string()),
-                // The stall must not turn into statement timeouts and retries.
-                ("CONSUMER_STATEMENT_TIMEOUT", "600s".to_owned()),
-            ],
+        let group = format!(
+            "bench-memory-{}-{}-{}",
+            settings.queue_kib, settings.batch_records, settings.inflight_bytes
         );
+        // The stall must not turn into statement timeouts and retries.
+        let mut extra = vec![("CONSUMER_STATEMENT_TIMEOUT", "600s".to_owned())];
+        if !settings.defaults {
+            extra.extend([
+                (
+                    "CONSUMER_QUEUE_KBYTES_PER_PARTITION",
+                    settings.queue_kib.to_string(),
+                ),
+                (
+                    "CONSUMER_BATCH_MAX_RECORDS",
+                    settings.batch_records.to_string(),
+                ),
+                (
+                    "CONSUMER_MAX_INFLIGHT_BYTES",
+                    settings.inflight_bytes.to_string(),
+                ),
+            ]);
+        }
+        let env = consumer_env(bootstrap, topic, &group, &db.url, &extra);
         let mut sut = SystemUnderTest::spawn(
             "tgingest consumer",
             &tgingest_binary()?,
@@ -121,7 +167,7 @@ pub async fn run(
     seed: u64,
     partitions: i32,
     budget: usize,
-    configs: &[(u32, u64)],
+    configs: &[Settings],
     stall: Duration,
     repeat: usize,
     log_dir: &Path,
@@ -151,10 +197,11 @@ pub async fn run(
     let mut table = Table::new(&[
         "CONSUMER_QUEUE_KBYTES_PER_PARTITION (K)",
         "CONSUMER_BATCH_MAX_RECORDS (R)",
+        "CONSUMER_MAX_INFLIGHT_BYTES (B)",
         "run",
         "load (1/5/15 min)",
         "P×K",
-        "P×R×mean record",
+        "min(B, P×R×mean record)",
         "peak RSS (VmHWM)",
         "RSS at end of stall",
         "drain after release s",
@@ -162,6 +209,7 @@ pub async fn run(
     let idle = idle_consumer(&bootstrap, empty, &log).await?;
     table.row(vec![
         "idle (empty topic)".to_owned(),
+        "-".to_owned(),
         "-".to_owned(),
         "1".to_owned(),
         procstat::load_average(),
@@ -172,25 +220,21 @@ pub async fn run(
         "-".to_owned(),
     ]);
     let mean_record = pre.bytes as f64 / pre.total.max(1) as f64;
-    for &(kib, batch_records) in configs {
+    for &settings in configs {
         for rep in 1..=repeat {
             let load = procstat::load_average();
-            let s = stalled_consumer(
-                &bootstrap,
-                &pre.topic,
-                pre.total,
-                kib,
-                batch_records,
-                stall,
-                &log,
-            )
-            .await?;
+            let s =
+                stalled_consumer(&bootstrap, &pre.topic, pre.total, settings, stall, &log).await?;
             let p = f64::from(partitions);
-            let prefetch_mib = p * f64::from(kib) / 1024.0;
-            let batches_mib = p * batch_records as f64 * mean_record / 1_048_576.0;
+            let prefetch_mib = p * f64::from(settings.queue_kib) / 1024.0;
+            let batches_mib = (p * settings.batch_records as f64 * mean_record)
+                .min(settings.inflight_bytes as f64)
+                / 1_048_576.0;
+            let mark = if settings.defaults { " (default)" } else { "" };
             table.row(vec![
-                kib.to_string(),
-                batch_records.to_string(),
+                format!("{}{mark}", settings.queue_kib),
+                format!("{}{mark}", settings.batch_records),
+                format!("{}{mark}", settings.inflight_bytes),
                 rep.to_string(),
                 load,
                 format!("{prefetch_mib:.0} MiB"),
@@ -199,7 +243,7 @@ pub async fn run(
                 format!("{:.0} MiB", s.rss_end_kib as f64 / 1024.0),
                 format!("{:.1}", s.drain_seconds),
             ]);
-            eprintln!("memory K={kib} run {rep}: peak {} KiB", s.hwm_kib);
+            eprintln!("memory {settings:?} run {rep}: peak {} KiB", s.hwm_kib);
         }
     }
     table.print();

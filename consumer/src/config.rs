@@ -20,6 +20,12 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
+/// Default prefetch per assigned partition, KiB (librdkafka `queued.max.messages.kbytes`).
+pub const DEFAULT_QUEUE_KBYTES_PER_PARTITION: u32 = 16 * 1024;
+
+/// Default process-wide budget of record bytes held by the workers.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 8 * 1024 * 1024;
+
 /// Where a partition with no stored offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPolicy {
@@ -108,6 +114,10 @@ pub struct ConsumerConfig {
     pub session_timeout: Duration,
     /// librdkafka `queued.max.messages.kbytes` (applies per partition with split queues).
     pub queued_max_kbytes_per_partition: u32,
+    /// Record bytes (payload + key) all partition workers of the process may hold outside
+    /// librdkafka together: buffered, normalised or being written. Bounds memory whatever the
+    /// number of partitions assigned.
+    pub max_inflight_bytes: usize,
     /// How often an idle worker re-reads its offsets row to notice a replay.
     pub idle_reread_interval: Duration,
     /// How long a revoke waits for a worker to finish its in-flight batch before moving on (the
@@ -137,6 +147,11 @@ impl std::fmt::Debug for ConsumerConfig {
             .field("assignment_strategy", &self.assignment_strategy)
             .field("group_instance_id", &self.group_instance_id)
             .field("session_timeout", &self.session_timeout)
+            .field(
+                "queued_max_kbytes_per_partition",
+                &self.queued_max_kbytes_per_partition,
+            )
+            .field("max_inflight_bytes", &self.max_inflight_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -162,7 +177,8 @@ impl ConsumerConfig {
             assignment_strategy: AssignmentStrategy::CooperativeSticky,
             group_instance_id: None,
             session_timeout: Duration::from_secs(45),
-            queued_max_kbytes_per_partition: 16 * 1024,
+            queued_max_kbytes_per_partition: DEFAULT_QUEUE_KBYTES_PER_PARTITION,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
             idle_reread_interval: Duration::from_secs(1),
             revoke_timeout: Duration::from_secs(60),
             stats_interval: Duration::from_secs(5),
@@ -189,6 +205,9 @@ impl ConsumerConfig {
         }
         if self.batch_max_bytes == 0 {
             return Err(ConfigError::new("batch_max_bytes", "must be at least 1"));
+        }
+        if self.max_inflight_bytes == 0 {
+            return Err(ConfigError::new("max_inflight_bytes", "must be at least 1"));
         }
         if self.statement_timeout < Duration::from_millis(100) {
             return Err(ConfigError::new(

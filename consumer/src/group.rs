@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{Held, InflightBudget};
 use crate::config::{ConsumerConfig, StartPolicy};
 use crate::offsets::{OffsetStore, Ownership};
 use crate::readiness::{CHECK_KAFKA, Readiness};
@@ -62,6 +63,8 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     pub commands: Sender<Command>,
     pub positions: Arc<Mutex<HashMap<i32, i64>>>,
+    /// Record bytes all workers of this process may hold outside librdkafka.
+    pub budget: Arc<InflightBudget>,
     consumer: OnceLock<Weak<BaseConsumer<SinkContext>>>,
     workers: Mutex<HashMap<i32, WorkerHandle>>,
 }
@@ -222,6 +225,7 @@ impl SinkContext {
                 readiness: shared.readiness.clone(),
                 commands: shared.commands.clone(),
                 positions: shared.positions.clone(),
+                held: Held::new(shared.budget.clone()),
             };
             let join = shared.handle.spawn(worker.run());
             if let Ok(mut workers) = shared.workers.lock()
@@ -369,6 +373,7 @@ impl Shared {
         shutdown: CancellationToken,
         commands: Sender<Command>,
     ) -> Self {
+        let budget = InflightBudget::new(config.max_inflight_bytes);
         Self {
             handle,
             topic: config.topic.as_str().into(),
@@ -380,6 +385,7 @@ impl Shared {
             shutdown,
             commands,
             positions: Arc::new(Mutex::new(HashMap::new())),
+            budget,
             consumer: OnceLock::new(),
             workers: Mutex::new(HashMap::new()),
         }

@@ -11,6 +11,7 @@
 //! Entry point: [`run`]. [`check::InvariantChecker`] verifies the guarantee from outside, given
 //! what was produced.
 
+mod budget;
 pub mod check;
 pub mod classify;
 pub mod config;

@@ -148,6 +148,27 @@ async fn broker_a_restart_resumes_from_stored_offsets_without_duplicates() {
     second.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_an_exhausted_inflight_budget_still_drains_every_partition_exactly_once() {
+    // A budget of one byte: a worker may take one record past it, so every batch holds exactly
+    // one record, workers of six partitions take turns, and nothing waits for a linger.
+    let (db, broker, topic, group) = setup(6).await;
+    let manifest = produce(&broker, &topic, &messages(1, 240, 6)).await;
+    let mut cfg = config(&broker, &group, &topic);
+    cfg.max_inflight_bytes = 1;
+    cfg.linger = Duration::from_secs(30);
+    let running = Running::start(cfg, db.pool().clone());
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(60)).await;
+    assert_invariants(&db, &group, &manifest).await;
+    assert_eq!(running.consumed(), 240);
+    assert_eq!(
+        ConsumerStats::get(&running.stats.batches_committed),
+        240,
+        "with the budget exhausted by one record, every batch holds one record"
+    );
+    running.stop().await;
+}
+
 async fn two_consumers_share_partitions(strategy: AssignmentStrategy) {
     let (db, broker, topic, group) = setup(6).await;
     let mut cfg = config(&broker, &group, &topic);
