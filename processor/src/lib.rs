@@ -128,6 +128,7 @@ pub fn normalize(bot_id: i64, bytes: &[u8]) -> Result<Normalized, Rejection> {
     if let Err(error) = project::project(&source, &content, &mut out) {
         out.projection_error = Some(error.to_string());
     }
+    out.shrink_to_fit();
     Ok(out)
 }
 
@@ -178,6 +179,19 @@ mod tests {
         assert_eq!(out.raw.payload_bytes, input.to_vec());
         assert!(!out.raw.jsonb_ok);
         assert_eq!(out.messages[0].text.as_deref(), Some("a\u{FFFD}b\u{FFFD}c"));
+    }
+
+    #[test]
+    fn row_lists_hold_no_spare_capacity() {
+        let update = br#"{"update_id":7,"message":{"message_id":3,"date":1700000000,
+            "chat":{"id":-100,"type":"supergroup","title":"t"},
+            "from":{"id":42,"is_bot":false,"first_name":"A"},"text":"hi"}}"#;
+        let out = normalize(1, update).expect("accepted");
+        assert_eq!(out.messages.len(), 1);
+        assert!(!out.users.is_empty() && !out.chats.is_empty());
+        assert_eq!(out.messages.capacity(), out.messages.len());
+        assert_eq!(out.users.capacity(), out.users.len());
+        assert_eq!(out.chats.capacity(), out.chats.len());
     }
 
     #[test]
