@@ -6,25 +6,30 @@
 //! setting; [`ConsumerConfig::kafka_client_config`] always forces the settings the exactly-once
 //! protocol depends on, whatever the caller passed.
 //!
-//! Memory (per process, `P` = partitions assigned to it; with split partition queues
-//! `queued.max.messages.kbytes` applies per partition). Measured by `tgingest-bench memory`
-//! (BENCHMARKS.md) with PostgreSQL stalled under a large backlog:
-//! peak ≈ 17 MiB + `P × 2 × min(queued_max_kbytes_per_partition KiB, partition backlog)` +
-//! `P × batch_max_records × ~10 KB`. The last term is the batch waiting for PostgreSQL, decoded
-//! and normalised: about 13× the record's bytes, so with 1000-record batches `batch_max_bytes`
-//! rarely ends a batch, and it dominates. The defaults (16 MiB queue, 1000 records) reached
-//! 1.1 GiB at 48 partitions. 512 KiB queues with 250-record batches stayed near 200 MiB. Bounding
-//! the bytes in flight per process, not per partition, is the open fix.
+//! Memory (per process, `P` = partitions assigned to it, `K` = `queued_max_kbytes_per_partition`,
+//! `B` = `max_inflight_bytes`). Measured by `tgingest-bench memory` (BENCHMARKS.md) with
+//! PostgreSQL stalled under a 620k-record backlog on 48 partitions:
+//! peak ≈ 17 MiB (idle) + `P × (2 × K KiB + 0.6 MiB)` + `4.5 × B`. The `P` term is librdkafka's
+//! prefetch (records are decompressed into buffers about twice their size); the `B` term is what
+//! the workers hold, decoded and normalised, at about 4.5 × the record bytes. The defaults
+//! (1 MiB, 8 MiB) peaked at 172–177 MiB; the old defaults (16 MiB, no process budget) at 793 MiB.
 
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
 /// Default prefetch per assigned partition, KiB (librdkafka `queued.max.messages.kbytes`).
-pub const DEFAULT_QUEUE_KBYTES_PER_PARTITION: u32 = 16 * 1024;
+pub const DEFAULT_QUEUE_KBYTES_PER_PARTITION: u32 = 1024;
 
 /// Default process-wide budget of record bytes held by the workers.
 pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 8 * 1024 * 1024;
+
+/// librdkafka `fetch.wait.max.ms` unless the caller sets it (see
+/// [`ConsumerConfig::kafka_client_config`]).
+pub const DEFAULT_FETCH_WAIT_MS: u32 = 100;
+
+/// librdkafka `fetch.queue.backoff.ms` unless the caller sets it.
+pub const DEFAULT_FETCH_QUEUE_BACKOFF_MS: u32 = 10;
 
 /// Where a partition with no stored offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +276,23 @@ impl ConsumerConfig {
         if let Some(instance) = &self.group_instance_id {
             config.set("group.instance.id", instance);
         }
+        // Some brokers hold a fetch for its whole wait even when data arrives (librdkafka's mock
+        // cluster; Tansu 0.6 sleeps after each pass over the log), which adds up to the wait to
+        // every record's latency. 100 ms (librdkafka: 500) bounds that; against Apache Kafka it
+        // only means more frequent empty fetches while idle. The caller's value wins.
+        if config.get("fetch.wait.max.ms").is_none() {
+            config.set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MS.to_string());
+        }
+        // A partition whose prefetch queue is full is not fetched again for this long
+        // (librdkafka: 1000 ms). With the small per-partition queues that bound memory, a
+        // worker drains its queue well within that: one partition fell from 13k to 4k
+        // records/s at 1 MiB queues until this was lowered.
+        if config.get("fetch.queue.backoff.ms").is_none() {
+            config.set(
+                "fetch.queue.backoff.ms",
+                DEFAULT_FETCH_QUEUE_BACKOFF_MS.to_string(),
+            );
+        }
         config
     }
 }
@@ -329,6 +351,39 @@ mod tests {
             client.get("partition.assignment.strategy"),
             Some("cooperative-sticky")
         );
+    }
+
+    #[test]
+    fn the_fetch_waits_have_low_defaults_that_the_caller_can_override() {
+        let mut config = config();
+        assert_eq!(
+            config.kafka_client_config().get("fetch.wait.max.ms"),
+            Some("100")
+        );
+        assert_eq!(
+            config.kafka_client_config().get("fetch.queue.backoff.ms"),
+            Some("10")
+        );
+        config.client.set("fetch.wait.max.ms", "500");
+        config.client.set("fetch.queue.backoff.ms", "1000");
+        assert_eq!(
+            config.kafka_client_config().get("fetch.wait.max.ms"),
+            Some("500")
+        );
+        assert_eq!(
+            config.kafka_client_config().get("fetch.queue.backoff.ms"),
+            Some("1000")
+        );
+    }
+
+    #[test]
+    fn a_zero_inflight_budget_is_refused_by_name() {
+        let mut config = config();
+        config.max_inflight_bytes = 0;
+        let err = config
+            .validate()
+            .expect_err("a zero budget must be refused");
+        assert_eq!(err.setting, "max_inflight_bytes");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{Held, InflightBudget};
+use crate::budget::{InflightBudget, Reservation};
 use crate::config::{ConsumerConfig, StartPolicy};
 use crate::offsets::{OffsetStore, Ownership};
 use crate::readiness::{CHECK_KAFKA, Readiness};
@@ -225,7 +225,8 @@ impl SinkContext {
                 readiness: shared.readiness.clone(),
                 commands: shared.commands.clone(),
                 positions: shared.positions.clone(),
-                held: Held::new(shared.budget.clone()),
+                reservation: Reservation::new(shared.budget.clone()),
+                mean_record_bytes: 0.0,
             };
             let join = shared.handle.spawn(worker.run());
             if let Ok(mut workers) = shared.workers.lock()

@@ -7,7 +7,8 @@
 //! `tgingest_partition_lag{partition}`, `tgingest_dead_letters_total{class}`,
 //! `tgingest_rebalances_total{kind}`, `tgingest_fenced_writes_total`,
 //! `tgingest_offset_gaps_total`, plus `tgingest_commit_unknown_total{outcome}`,
-//! `tgingest_transient_errors_total` and `tgingest_stray_messages_total`.
+//! `tgingest_transient_errors_total`, `tgingest_stray_messages_total` and the gauge
+//! `tgingest_consumer_inflight_reserved_bytes` (set by the in-flight budget).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -26,7 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::Held;
+use crate::budget::Reservation;
 use crate::config::RetryPolicy;
 use crate::group::{Command, SinkContext};
 use crate::offsets::{OffsetStore, Ownership, StoredOffset};
@@ -74,7 +74,9 @@ pub(crate) struct PartitionWorker {
     pub commands: std::sync::mpsc::Sender<Command>,
     pub positions: Arc<Mutex<std::collections::HashMap<i32, i64>>>,
     /// This worker's share of the process-wide budget of record bytes in flight.
-    pub held: Held,
+    pub reservation: Reservation,
+    /// Mean bytes of this partition's records (moving average), to size a reservation.
+    pub mean_record_bytes: f64,
 }
 
 impl std::fmt::Debug for PartitionWorker {
@@ -106,9 +108,10 @@ impl PartitionWorker {
             if self.cancel.is_cancelled() {
                 return WorkerExit::Cancelled;
             }
-            // Written and dropped records go back to the budget; the buffer stays counted.
-            self.held
-                .settle(buffer.iter().map(ConsumedRecord::size).sum());
+            // Nothing held: the reservation goes back, so other partitions can have it.
+            if buffer.is_empty() {
+                self.reservation.release();
+            }
             if let Flow::Stop(exit) = self.fill(&mut buffer).await {
                 return exit;
             }
@@ -161,14 +164,14 @@ impl PartitionWorker {
             }
 
             let (count, bytes, interrupted) = self.contiguous_prefix(&buffer);
-            // Out of budget: lingering would only wait for records this worker may not take.
-            let starved = !self.held.budget().has_room();
+            // Holding records without a reservation: wait for one rather than write a sliver.
+            let starved = !buffer.is_empty() && self.reservation.bytes() == 0;
             let full = count >= self.settings.batch_max_records
                 || bytes >= self.settings.batch_max_bytes
                 || interrupted
-                || starved;
+                || bytes >= self.reservation.bytes();
             let lingered = first_buffered_at.is_some_and(|at| at.elapsed() >= self.settings.linger);
-            if count > 0 && (full || lingered) {
+            if count > 0 && !starved && (full || lingered) {
                 let records: Vec<PreparedRecord> =
                     buffer.drain(..count).map(PreparedRecord::prepare).collect();
                 first_buffered_at = (!buffer.is_empty()).then(Instant::now);
@@ -199,20 +202,31 @@ impl PartitionWorker {
                 biased;
                 () = self.cancel.cancelled() => return WorkerExit::Cancelled,
                 () = self.notify.notified() => {}
-                () = self.held.budget().released(), if starved => {}
+                () = self.reservation.budget().released(), if starved => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
     }
 
     /// Moves what the queue holds into the buffer (non-blocking), keeping the buffer strictly
-    /// increasing and within the batch limits and the process's budget.
+    /// increasing and within the batch limits and this worker's reservation. Without a
+    /// reservation it takes one record (to learn that there is work), then reserves room for a
+    /// batch.
     async fn fill(&mut self, buffer: &mut VecDeque<ConsumedRecord>) -> Flow {
         let mut bytes: usize = buffer.iter().map(ConsumedRecord::size).sum();
         while buffer.len() < self.settings.batch_max_records
             && bytes < self.settings.batch_max_bytes
-            && self.held.budget().has_room()
         {
+            if !buffer.is_empty() && bytes >= self.reservation.bytes() {
+                // At the reservation's end, or holding the one unreserved record.
+                let estimate = self.batch_estimate();
+                if self.reservation.bytes() > 0
+                    || !self.reservation.try_reserve(estimate)
+                    || bytes >= self.reservation.bytes()
+                {
+                    break;
+                }
+            }
             let polled = match self.queue.poll(Duration::ZERO) {
                 None => break,
                 Some(Ok(message)) => Ok(ConsumedRecord::from_message(&message)),
@@ -229,7 +243,11 @@ impl PartitionWorker {
                         continue;
                     }
                     bytes += record.size();
-                    self.held.add(record.size());
+                    self.mean_record_bytes = if self.mean_record_bytes == 0.0 {
+                        record.size() as f64
+                    } else {
+                        0.99 * self.mean_record_bytes + 0.01 * record.size() as f64
+                    };
                     buffer.push_back(record);
                 }
                 Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
@@ -242,6 +260,13 @@ impl PartitionWorker {
             }
         }
         Flow::Continue
+    }
+
+    /// Bytes of a full batch of this partition's records: the batch limits at the mean record
+    /// size.
+    fn batch_estimate(&self) -> usize {
+        let records = self.settings.batch_max_records as f64 * self.mean_record_bytes;
+        (records.ceil() as usize).min(self.settings.batch_max_bytes)
     }
 
     /// The stored offset is outside the log (retention deleted it, or the log is shorter than

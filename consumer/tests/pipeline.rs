@@ -169,6 +169,31 @@ async fn broker_an_exhausted_inflight_budget_still_drains_every_partition_exactl
     running.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_a_budget_for_one_batch_is_handed_out_in_whole_batches() {
+    // Room for one 50-record batch (and a half): six partitions with a backlog take turns,
+    // and each turn fills a whole batch rather than six workers splitting the room.
+    let (db, broker, topic, group) = setup(6).await;
+    let outgoing = messages(1, 1_200, 6);
+    let mean = outgoing
+        .iter()
+        .map(|o| o.value.len() + o.key.len())
+        .sum::<usize>()
+        / outgoing.len();
+    let manifest = produce(&broker, &topic, &outgoing).await;
+    let mut cfg = config(&broker, &group, &topic);
+    cfg.max_inflight_bytes = mean * 75;
+    let running = Running::start(cfg, db.pool().clone());
+    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(60)).await;
+    assert_invariants(&db, &group, &manifest).await;
+    let batches = ConsumerStats::get(&running.stats.batches_committed);
+    assert!(
+        batches <= 1_200 / 35,
+        "{batches} batches for 1200 records: the budget was split into slivers"
+    );
+    running.stop().await;
+}
+
 async fn two_consumers_share_partitions(strategy: AssignmentStrategy) {
     let (db, broker, topic, group) = setup(6).await;
     let mut cfg = config(&broker, &group, &topic);
