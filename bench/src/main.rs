@@ -56,8 +56,8 @@ struct SinkArgs {
     /// Python interpreter with confluent-kafka and psycopg; the baseline is skipped without it.
     #[arg(long)]
     python: Option<PathBuf>,
-    /// With BENCH_PG_SOCKET_DIR set, also drain with tgingest over TCP (sqlx 0.9.0 sets no
-    /// TCP_NODELAY).
+    /// With BENCH_PG_SOCKET_DIR set, also drain with tgingest over TCP (checks the vendored
+    /// TCP_NODELAY fix: sqlx 0.9.0 itself sets none).
     #[arg(long)]
     tcp_comparison: bool,
 }
