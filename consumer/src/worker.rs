@@ -7,9 +7,10 @@
 //!   persists is recorded in `offset_gaps` (with the offset move, in one fenced transaction),
 //!   counted and logged at error — never skipped silently;
 //! - the queue is read without blocking a runtime thread (non-empty callback → `Notify`, then
-//!   non-blocking polls); at most one batch is buffered, and records leave the queue only while
-//!   the process-wide [`InflightBudget`](crate::budget::InflightBudget) has room, so memory is
-//!   bounded by that budget plus librdkafka's per-partition queues, whatever the partition count;
+//!   non-blocking polls); at most one batch is buffered, and records leave the queue only into a
+//!   batch-sized reservation of the process-wide budget (`crate::budget`; one record without),
+//!   so memory is bounded by that budget plus librdkafka's per-partition queues, whatever the
+//!   partition count;
 //! - transient errors are retried with capped backoff while the partition is paused; a fenced
 //!   worker stops; a replay (new `rewind_seq`) is followed by a seek, also when idle (the row is
 //!   re-read every `idle_reread_interval`);
