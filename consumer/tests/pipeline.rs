@@ -200,6 +200,18 @@ async fn two_consumers_share_partitions(strategy: AssignmentStrategy) {
     cfg.assignment_strategy = strategy;
     let a = Running::start(cfg.clone(), db.pool().clone());
     let b = Running::start(cfg, db.pool().clone());
+    // Traffic starts once the group has given both members partitions: a consumer that drains
+    // each round at once could otherwise take all of it before the second one joins (seen on
+    // Tansu, whose group formation takes seconds).
+    wait_until(
+        Duration::from_secs(45),
+        "both consumers own partitions",
+        || async {
+            ConsumerStats::get(&a.stats.assignments) > 0
+                && ConsumerStats::get(&b.stats.assignments) > 0
+        },
+    )
+    .await;
     let mut manifest = Vec::new();
     for round in 0..6 {
         manifest.extend(produce(&broker, &topic, &messages(round * 1_000, 100, 6)).await);
