@@ -13,8 +13,9 @@
 //! - `purge` deletes nothing without `--yes`.
 
 use anyhow::{Context, bail};
-use consumer::record::{ConsumedRecord, HEADER_ERROR};
+use consumer::record::ConsumedRecord;
 use consumer::writer::{Content, PreparedRecord};
+use processor::wire::{self, hex};
 use rdkafka::ClientConfig;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
@@ -154,26 +155,6 @@ fn bytes_as_text<S: serde::Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<
             Err(_) => serde_json::json!({ "hex": hex(b) }).serialize(s),
         },
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 const COLUMNS: &str = "id, topic, partition, kafka_offset, bot_id, record_key, payload, headers::text, \
@@ -485,7 +466,7 @@ async fn recover_record(
             offset: letter.kafka_offset,
             key: letter.record_key.clone(),
             payload: Some(payload.clone()),
-            headers: headers_from_json(letter.headers.as_ref()),
+            headers: wire::headers_from_json(letter.headers.as_ref()),
             timestamp_ms: None,
         },
         None => {
@@ -512,46 +493,15 @@ async fn recover_record(
         }
     };
     if record.producer_error().is_some() {
-        let original = original_of_envelope(record.payload_bytes()).ok_or_else(|| {
+        let original = wire::envelope_original(record.payload_bytes()).ok_or_else(|| {
             "producer envelope without the original bytes (they did not fit in the record): nothing to redrive".to_owned()
         })?;
         record.payload = Some(original);
         record
             .headers
-            .retain(|(name, _)| name != HEADER_ERROR && name != "tg-original-size");
+            .retain(|(name, _)| !wire::is_envelope_header(name));
     }
     Ok(record)
-}
-
-/// The original bytes inside a producer `tg-error` envelope, when it kept them.
-fn original_of_envelope(payload: &[u8]) -> Option<Vec<u8>> {
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    if let Some(text) = value.get("original").and_then(|v| v.as_str()) {
-        return Some(text.as_bytes().to_vec());
-    }
-    value
-        .get("original_hex")
-        .and_then(|v| v.as_str())
-        .and_then(unhex)
-}
-
-/// Headers back from `dead_letters.headers` (`ConsumedRecord::headers_json`'s encoding).
-fn headers_from_json(headers: Option<&serde_json::Value>) -> Vec<(String, Option<Vec<u8>>)> {
-    let Some(serde_json::Value::Object(map)) = headers else {
-        return Vec::new();
-    };
-    map.iter()
-        .map(|(name, value)| {
-            let bytes = match value {
-                serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
-                serde_json::Value::Object(o) => {
-                    o.get("hex").and_then(|h| h.as_str()).and_then(unhex)
-                }
-                _ => None,
-            };
-            (name.clone(), bytes)
-        })
-        .collect()
 }
 
 /// Which letters `purge` deletes.

@@ -2,17 +2,12 @@
 //! dead letters need, detached from librdkafka's buffers.
 //!
 //! Guarantees: the payload, key and header bytes are copied exactly; nothing is parsed here
-//! except the producer's well-known headers, whose absence or garbage is tolerated.
+//! except the producer's well-known headers, whose absence or garbage is tolerated. Their names,
+//! the key's shape and the headers' JSON form are the wire contract, [`processor::wire`].
 
+use processor::wire::{self, header};
 use rdkafka::Message;
 use rdkafka::message::Headers;
-
-/// Header naming the bot the update belongs to.
-pub const HEADER_BOT_ID: &str = "tg-bot-id";
-/// Header with the producer's receive time, unix milliseconds.
-pub const HEADER_RECEIVED_AT: &str = "tg-received-at";
-/// Header marking the producer's envelope for input that is not a deliverable update.
-pub const HEADER_ERROR: &str = "tg-error";
 
 /// An owned Kafka record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,54 +73,37 @@ impl ConsumedRecord {
     /// The bot this record belongs to: the `tg-bot-id` header, else the key's `{bot_id}` prefix.
     pub fn bot_id(&self) -> Option<i64> {
         if let Some(id) = self
-            .header_str(HEADER_BOT_ID)
+            .header_str(header::BOT_ID)
             .and_then(|v| v.trim().parse().ok())
         {
             return Some(id);
         }
-        let key = std::str::from_utf8(self.key.as_deref()?).ok()?;
-        key.split(':').next()?.parse().ok()
+        wire::bot_id_of_key(self.key.as_deref()?)
     }
 
     /// When the producer received the update (unix ms): the `tg-received-at` header, else the
     /// record's timestamp.
     pub fn received_at_ms(&self) -> Option<i64> {
-        self.header_str(HEADER_RECEIVED_AT)
+        self.header_str(header::RECEIVED_AT)
             .and_then(|v| v.trim().parse().ok())
             .or(self.timestamp_ms)
     }
 
     /// The producer's reason, when this record is an envelope for undeliverable input.
     pub fn producer_error(&self) -> Option<String> {
-        self.header(HEADER_ERROR)
+        self.header(header::ERROR)
             .map(|value| String::from_utf8_lossy(value).into_owned())
     }
 
     /// The headers as a JSON object for `dead_letters.headers`; values that are not UTF-8 are
     /// written as `{"hex": …}` so nothing is lost, and NUL (refused by `jsonb`) is replaced.
     pub fn headers_json(&self) -> serde_json::Value {
-        let mut object = serde_json::Map::new();
-        for (key, value) in &self.headers {
-            let value = match value {
-                None => serde_json::Value::Null,
-                Some(bytes) => match std::str::from_utf8(bytes) {
-                    Ok(text) if !text.contains('\0') => serde_json::Value::String(text.to_owned()),
-                    _ => serde_json::json!({ "hex": hex(bytes) }),
-                },
-            };
-            object.entry(key.replace('\0', "\u{fffd}")).or_insert(value);
-        }
-        serde_json::Value::Object(object)
+        wire::headers_to_json(
+            self.headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_deref())),
+        )
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
 }
 
 #[cfg(test)]
@@ -149,7 +127,7 @@ mod tests {
 
     #[test]
     fn the_bot_id_header_wins_over_the_key() {
-        let r = record(Some("5:-100"), &[(HEADER_BOT_ID, b"42")]);
+        let r = record(Some("5:-100"), &[(header::BOT_ID, b"42")]);
         assert_eq!(r.bot_id(), Some(42));
     }
 
@@ -164,7 +142,7 @@ mod tests {
 
     #[test]
     fn received_at_falls_back_to_the_record_timestamp() {
-        let r = record(None, &[(HEADER_RECEIVED_AT, b"1700000000999")]);
+        let r = record(None, &[(header::RECEIVED_AT, b"1700000000999")]);
         assert_eq!(r.received_at_ms(), Some(1_700_000_000_999));
         assert_eq!(record(None, &[]).received_at_ms(), Some(1_700_000_000_123));
     }

@@ -22,6 +22,9 @@
 //! Pipeline: UTF-8 check → lexical pass (`json_text`: escape rewrite, `jsonb` verdict, depth)
 //! → envelope (`envelope`: `update_id`, kind) → raw row → content decoded once → users and
 //! chats (`actors`) → kind-specific rows (`project`).
+//!
+//! [`wire`] is the Kafka wire contract around those bytes (header names, record key, the
+//! `tg-error` envelope, header JSON, hex), kept here so every crate shares it without Kafka types.
 
 mod actors;
 mod envelope;
@@ -31,6 +34,7 @@ mod model;
 mod project;
 mod rejection;
 mod rows;
+pub mod wire;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};

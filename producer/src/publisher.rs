@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::future::join_all;
+use processor::wire::EnvelopeReason;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -31,7 +32,7 @@ use crate::backoff::Backoff;
 use crate::config::{BackoffPolicy, ProducerConfig};
 use crate::metrics;
 use crate::readiness::{KAFKA_CHECK, ReadinessReporter};
-use crate::update::{EnvelopeReason, OutgoingRecord, envelope_for};
+use crate::update::{OutgoingRecord, envelope_for};
 
 /// How long to wait for room in librdkafka's queue before trying to enqueue again.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(20);

@@ -7,18 +7,12 @@
 //! too large for the broker, become a small JSON envelope with a `tg-error` header instead, so they
 //! reach the topic (and, downstream, the dead letters) rather than blocking the confirm.
 //!
-//! Envelope value (a JSON object):
-//!
-//! ```json
-//! {"tg_error": {"reason": "not_an_update", "detail": "…", "original_size": 17},
-//!  "original": "<the original bytes as a JSON string, when they are UTF-8 and fit>"}
-//! ```
-//!
-//! `original_hex` replaces `original` for bytes that are not UTF-8 (webhook bodies only). The
-//! `tg-error` header holds `"{reason}: {detail}"`; `tg-original-size` the original length.
+//! The key, the headers and the envelope's format are the wire contract, [`processor::wire`]; this
+//! module decides which record an update's bytes become and keeps it under the size limit.
 
 use std::fmt;
 
+use processor::wire::{self, EnvelopeReason, NO_KIND, Subject};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -26,31 +20,6 @@ use serde_json::value::RawValue;
 /// librdkafka counts the record batch and record framing against `message.max.bytes` (about 61 +
 /// 21 bytes plus varints); a round margin keeps the pre-check on the safe side of its own check.
 const FRAMING_MARGIN: usize = 512;
-
-/// `tg-update-type` of an object that has an `update_id` and nothing else.
-const NO_KIND: &str = "unknown";
-
-/// Why bytes could not be published as an update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnvelopeReason {
-    /// Not JSON at all (only possible for webhook bodies).
-    NotJson,
-    /// JSON, but not an object with an integer `update_id`.
-    NotAnUpdate,
-    /// Larger than the producer's `message.max.bytes`.
-    TooLarge,
-}
-
-impl EnvelopeReason {
-    /// The reason's name as it appears in the envelope and the `tg-error` header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NotJson => "not_json",
-            Self::NotAnUpdate => "not_an_update",
-            Self::TooLarge => "too_large",
-        }
-    }
-}
 
 /// What the inspection learned about one update.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,17 +30,6 @@ pub struct UpdateInfo {
     pub kind: String,
     /// Whom the update is about, for the partition key.
     pub subject: Subject,
-}
-
-/// The entity an update belongs to: its chat when it has one, else its user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Subject {
-    /// The chat id, as its JSON integer text (never reformatted, so any size survives).
-    Chat(String),
-    /// The user id, as its JSON integer text.
-    User(String),
-    /// Neither (e.g. `poll`).
-    Bot,
 }
 
 /// Inspects raw bytes: `Ok` for a JSON object with an integer `update_id`, else why not.
@@ -116,15 +74,6 @@ pub fn inspect(raw: &[u8]) -> Result<UpdateInfo, (EnvelopeReason, String)> {
     })
 }
 
-/// The Kafka key of an update: `"{bot}:{chat}"`, `"{bot}:u{user}"` or `"{bot}"`.
-pub fn partition_key(bot_id: i64, subject: &Subject) -> String {
-    match subject {
-        Subject::Chat(chat) => format!("{bot_id}:{chat}"),
-        Subject::User(user) => format!("{bot_id}:u{user}"),
-        Subject::Bot => bot_id.to_string(),
-    }
-}
-
 /// One record ready for the topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingRecord {
@@ -151,14 +100,8 @@ pub fn record_for(
 ) -> OutgoingRecord {
     match inspect(raw) {
         Ok(info) => {
-            let key = partition_key(bot_id, &info.subject);
-            let headers = vec![
-                ("tg-bot-id", bot_id.to_string()),
-                ("tg-update-id", info.update_id.to_string()),
-                ("tg-update-type", info.kind.clone()),
-                ("tg-received-at", received_at_ms.to_string()),
-                ("content-type", "application/json".to_owned()),
-            ];
+            let key = wire::record_key(bot_id, &info.subject);
+            let headers = wire::update_headers(bot_id, info.update_id, &info.kind, received_at_ms);
             let record = OutgoingRecord {
                 key,
                 value: raw.to_vec(),
@@ -185,12 +128,9 @@ pub fn record_for(
         }
         Err((reason, detail)) => {
             let base = OutgoingRecord {
-                key: bot_id.to_string(),
+                key: wire::record_key(bot_id, &Subject::Bot),
                 value: Vec::new(),
-                headers: vec![
-                    ("tg-bot-id", bot_id.to_string()),
-                    ("tg-received-at", received_at_ms.to_string()),
-                ],
+                headers: wire::unidentified_headers(bot_id, received_at_ms),
                 update_id: None,
                 kind: NO_KIND.to_owned(),
                 envelope: None,
@@ -209,35 +149,15 @@ pub fn envelope_for(
     detail: &str,
     message_max_bytes: usize,
 ) -> OutgoingRecord {
-    let mut headers: Vec<(&'static str, String)> = record
-        .headers
-        .iter()
-        .filter(|(name, _)| *name != "content-type")
-        .cloned()
-        .collect();
-    headers.push(("content-type", "application/json".to_owned()));
-    headers.push(("tg-error", format!("{}: {detail}", reason.as_str())));
-    headers.push(("tg-original-size", raw.len().to_string()));
-    let summary = serde_json::json!({
-        "reason": reason.as_str(),
-        "detail": detail,
-        "original_size": raw.len(),
-    });
     let mut out = OutgoingRecord {
         key: record.key.clone(),
-        value: serde_json::json!({ "tg_error": summary })
-            .to_string()
-            .into_bytes(),
-        headers,
+        value: wire::envelope_value(reason, detail, raw, false),
+        headers: wire::envelope_headers(&record.headers, reason, detail, raw.len()),
         update_id: record.update_id,
         kind: record.kind.clone(),
         envelope: Some(reason),
     };
-    let with_original = match std::str::from_utf8(raw) {
-        Ok(text) => serde_json::json!({ "tg_error": summary, "original": text }),
-        Err(_) => serde_json::json!({ "tg_error": summary, "original_hex": hex(raw) }),
-    };
-    let candidate = with_original.to_string().into_bytes();
+    let candidate = wire::envelope_value(reason, detail, raw, true);
     let bare = std::mem::replace(&mut out.value, candidate);
     if !fits(&out, message_max_bytes) {
         out.value = bare;
@@ -253,16 +173,6 @@ pub(crate) fn fits(record: &OutgoingRecord, message_max_bytes: usize) -> bool {
         .map(|(name, value)| name.len() + value.len() + 4)
         .sum();
     record.value.len() + record.key.len() + headers + FRAMING_MARGIN <= message_max_bytes
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    out
 }
 
 /// The chat or user an update's body names: `chat`, `message.chat` (callback queries),
@@ -386,12 +296,18 @@ mod tests {
         let record = record_for(42, raw, 1_700_000_000_000, 1_000_000);
         assert_eq!(record.key, "42:-100123");
         assert_eq!(record.value, raw.to_vec());
-        assert_eq!(header(&record, "tg-update-id"), Some("5"));
-        assert_eq!(header(&record, "tg-update-type"), Some("message"));
-        assert_eq!(header(&record, "tg-bot-id"), Some("42"));
-        assert_eq!(header(&record, "tg-received-at"), Some("1700000000000"));
-        assert_eq!(header(&record, "content-type"), Some("application/json"));
-        assert_eq!(header(&record, "tg-error"), None);
+        assert_eq!(header(&record, wire::header::UPDATE_ID), Some("5"));
+        assert_eq!(header(&record, wire::header::UPDATE_TYPE), Some("message"));
+        assert_eq!(header(&record, wire::header::BOT_ID), Some("42"));
+        assert_eq!(
+            header(&record, wire::header::RECEIVED_AT),
+            Some("1700000000000")
+        );
+        assert_eq!(
+            header(&record, wire::header::CONTENT_TYPE),
+            Some(wire::CONTENT_TYPE_JSON)
+        );
+        assert_eq!(header(&record, wire::header::ERROR), None);
     }
 
     #[test]
@@ -457,11 +373,11 @@ mod tests {
         let record = record_for(3, raw, 0, 1_000_000);
         assert_eq!(record.envelope, Some(EnvelopeReason::NotAnUpdate));
         assert!(
-            header(&record, "tg-error")
+            header(&record, wire::header::ERROR)
                 .unwrap()
                 .starts_with("not_an_update")
         );
-        assert_eq!(header(&record, "tg-original-size"), Some("24"));
+        assert_eq!(header(&record, wire::header::ORIGINAL_SIZE), Some("24"));
         let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
         assert_eq!(value["original"], std::str::from_utf8(raw).unwrap());
         assert_eq!(value["tg_error"]["reason"], "not_an_update");
@@ -502,9 +418,9 @@ mod tests {
         assert_eq!(record.envelope, Some(EnvelopeReason::TooLarge));
         assert!(record.value.len() < 1_000);
         assert_eq!(record.key, "3:5");
-        assert_eq!(header(&record, "tg-update-id"), Some("14"));
+        assert_eq!(header(&record, wire::header::UPDATE_ID), Some("14"));
         assert_eq!(
-            header(&record, "tg-original-size"),
+            header(&record, wire::header::ORIGINAL_SIZE),
             Some(raw.len().to_string().as_str())
         );
         let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
