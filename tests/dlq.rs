@@ -12,6 +12,7 @@ use consumer::check::{InvariantChecker, ProducedRecord};
 use consumer::record::ConsumedRecord;
 use consumer::writer::{BatchWriter, PreparedRecord};
 use consumer::{ConsumerStats, OffsetStore};
+use processor::wire::{self, EnvelopeReason, Subject, header};
 use sqlx::PgPool;
 use testkit::TestDb;
 use tgingest::dlq::{self, ListFilter, Selection};
@@ -39,8 +40,14 @@ fn message(update_id: i64, text: &str) -> Vec<u8> {
 
 fn record(offset: i64, payload: Vec<u8>, extra_headers: &[(&str, &str)]) -> ConsumedRecord {
     let mut headers = vec![
-        ("tg-bot-id".to_owned(), Some(BOT.to_string().into_bytes())),
-        ("tg-received-at".to_owned(), Some(b"1760000000000".to_vec())),
+        (
+            header::BOT_ID.to_owned(),
+            Some(BOT.to_string().into_bytes()),
+        ),
+        (
+            header::RECEIVED_AT.to_owned(),
+            Some(b"1760000000000".to_vec()),
+        ),
     ];
     for (k, v) in extra_headers {
         headers.push(((*k).to_owned(), Some(v.as_bytes().to_vec())));
@@ -49,7 +56,7 @@ fn record(offset: i64, payload: Vec<u8>, extra_headers: &[(&str, &str)]) -> Cons
         topic: TOPIC.to_owned(),
         partition: 0,
         offset,
-        key: Some(format!("{BOT}:{CHAT}").into_bytes()),
+        key: Some(wire::record_key(BOT, &Subject::Chat(CHAT.to_string())).into_bytes()),
         payload: Some(payload),
         headers,
         timestamp_ms: Some(1_760_000_000_000 + offset),
@@ -158,7 +165,10 @@ async fn a_dead_letter_from_a_fixable_condition_is_redriven_into_rows_exactly_on
         "the payload is shown: {text}"
     );
     assert!(text.contains("no_poison"), "the error is shown: {text}");
-    assert!(text.contains("tg-bot-id"), "the headers are shown: {text}");
+    assert!(
+        text.contains(header::BOT_ID),
+        "the headers are shown: {text}"
+    );
 
     // Still broken: the redrive fails, counts the attempt and keeps the letter pending.
     let out = tgingest_on(&["dlq", "redrive", "--id", &id.to_string()], &db);
@@ -240,25 +250,27 @@ async fn a_dead_letter_from_a_fixable_condition_is_redriven_into_rows_exactly_on
 async fn an_envelope_is_redriven_from_its_original_bytes_and_a_hopeless_one_stays_pending() {
     let db = TestDb::create().await.unwrap();
     let pool = db.pool().clone();
-    let original = String::from_utf8(message(10, "was too large once")).unwrap();
-    let recoverable = serde_json::json!({
-        "tg_error": {"reason": "too_large", "detail": "x", "original_size": original.len()},
-        "original": original,
-    });
-    let hopeless = serde_json::json!({
-        "tg_error": {"reason": "not_an_update", "detail": "the object has no update_id", "original_size": 9},
-        "original": "{\"a\":1}",
-    });
+    let original = message(10, "was too large once");
+    let recoverable = wire::envelope_value(EnvelopeReason::TooLarge, "x", &original, true);
+    let hopeless = wire::envelope_value(
+        EnvelopeReason::NotAnUpdate,
+        "the object has no update_id",
+        br#"{"a":1}"#,
+        true,
+    );
     let records = vec![
         record(
             0,
-            recoverable.to_string().into_bytes(),
-            &[("tg-error", "too_large: x"), ("tg-original-size", "99")],
+            recoverable,
+            &[
+                (header::ERROR, "too_large: x"),
+                (header::ORIGINAL_SIZE, "99"),
+            ],
         ),
         record(
             1,
-            hopeless.to_string().into_bytes(),
-            &[("tg-error", "not_an_update: no update_id")],
+            hopeless,
+            &[(header::ERROR, "not_an_update: no update_id")],
         ),
     ];
     consume(&pool, &records).await;

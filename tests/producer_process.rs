@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use botsim::{BotApi, BotApiConfig, BotInfo};
 use nix::sys::signal::Signal;
+use processor::wire::header;
 use testkit::TestBroker;
 use testkit::process::ChildProcess;
 
@@ -136,7 +137,7 @@ async fn a_producer_process_killed_between_ack_and_confirm_loses_nothing_broker(
     .expect("read");
     let in_kafka: BTreeSet<i64> = records
         .iter()
-        .filter_map(|r| r.header("tg-update-id").and_then(|v| v.parse().ok()))
+        .filter_map(|r| r.header(header::UPDATE_ID).and_then(|v| v.parse().ok()))
         .collect();
     let served: BTreeSet<i64> = ids.iter().copied().collect();
     assert_eq!(in_kafka, served, "every served update is in Kafka");

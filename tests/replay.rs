@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use consumer::ConsumerStats;
 use consumer::check::InvariantChecker;
+use processor::wire::{self, Subject, header};
 use sqlx::PgPool;
 use testkit::TestDb;
 use tgingest::replay::{self, Progress, ReplayTarget};
@@ -534,9 +535,9 @@ async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_
                 topic: "t".into(),
                 partition: 0,
                 offset: i,
-                key: Some(format!("{BOT}:{chat}").into_bytes()),
+                key: Some(wire::record_key(BOT, &Subject::Chat(chat.to_string())).into_bytes()),
                 payload: Some(bytes),
-                headers: vec![("tg-bot-id".into(), Some(BOT.to_string().into_bytes()))],
+                headers: vec![(header::BOT_ID.into(), Some(BOT.to_string().into_bytes()))],
                 timestamp_ms: Some(1_760_000_000_000 + i),
             })
         })

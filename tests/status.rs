@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use processor::wire::{self, EnvelopeReason, Subject, header};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
@@ -27,10 +28,9 @@ async fn broker_status_json_matches_the_state_the_test_built() {
         .collect();
     let mut manifest = produce(&broker.client_config(), &topic, &consumed).await;
     // A producer envelope: becomes the one pending dead letter.
-    let envelope =
-        br#"{"tg_error":{"reason":"not_an_update","detail":"d","original_size":2}}"#.to_vec();
+    let envelope = wire::envelope_value(EnvelopeReason::NotAnUpdate, "d", b"[]", false);
     let producer = producer(&broker.client_config());
-    let key = format!("{BOT}:{}", chat(0)).into_bytes();
+    let key = wire::record_key(BOT, &Subject::Chat(chat(0).to_string())).into_bytes();
     let delivered = producer
         .send(
             FutureRecord::to(&topic)
@@ -40,11 +40,11 @@ async fn broker_status_json_matches_the_state_the_test_built() {
                 .headers(
                     OwnedHeaders::new()
                         .insert(Header {
-                            key: "tg-bot-id",
+                            key: header::BOT_ID,
                             value: Some(BOT.to_string().as_bytes()),
                         })
                         .insert(Header {
-                            key: "tg-error",
+                            key: header::ERROR,
                             value: Some("not_an_update: d".as_bytes()),
                         }),
                 ),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consumer::{ConsumerConfig, ConsumerStats, NoReadiness};
+use processor::wire::{self, Subject, header};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -50,7 +51,10 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .to_string();
-        payloads.push((format!("{BOT}:{chat}"), value));
+        payloads.push((
+            wire::record_key(BOT, &Subject::Chat(chat.to_string())),
+            value,
+        ));
     }
     let bot = BOT.to_string();
     for chunk in payloads.chunks(5000) {
@@ -58,11 +62,11 @@ async fn main() -> anyhow::Result<()> {
         for (key, value) in chunk {
             let headers = OwnedHeaders::new()
                 .insert(Header {
-                    key: "tg-bot-id",
+                    key: header::BOT_ID,
                     value: Some(&bot),
                 })
                 .insert(Header {
-                    key: "tg-received-at",
+                    key: header::RECEIVED_AT,
                     value: Some("1760000000000"),
                 });
             let record = FutureRecord::to(&topic)

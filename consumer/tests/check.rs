@@ -14,6 +14,7 @@ use consumer::offsets::OffsetStore;
 use consumer::projection::ProjectionSchema;
 use consumer::record::ConsumedRecord;
 use consumer::writer::{BatchWriter, PreparedRecord};
+use processor::wire::header;
 use testkit::TestDb;
 
 const TOPIC: &str = "t";
@@ -25,7 +26,7 @@ fn produced(offset: i64, value: Vec<u8>) -> ProducedRecord {
         offset,
         key: Some(format!("{BOT}:1").into_bytes()),
         value: Some(value),
-        headers: vec![("tg-bot-id".into(), Some(BOT.to_string().into_bytes()))],
+        headers: vec![(header::BOT_ID.into(), Some(BOT.to_string().into_bytes()))],
     }
 }
 

@@ -16,6 +16,7 @@ use consumer::projection::ProjectionSchema;
 use consumer::record::ConsumedRecord;
 use consumer::writer::{BatchWriter, PreparedRecord, WriteError};
 use consumer::{AssignmentStrategy, ConsumerStats};
+use processor::wire::header;
 use testkit::TestDb;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -27,7 +28,7 @@ fn record(offset: i64, value: Vec<u8>) -> PreparedRecord {
         offset,
         key: Some(format!("{BOT}:1").into_bytes()),
         payload: Some(value),
-        headers: vec![("tg-bot-id".into(), Some(BOT.to_string().into_bytes()))],
+        headers: vec![(header::BOT_ID.into(), Some(BOT.to_string().into_bytes()))],
         timestamp_ms: Some(1_760_000_000_000),
     })
 }

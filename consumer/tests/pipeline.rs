@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use consumer::{AssignmentStrategy, ConsumerStats, OffsetStore};
+use processor::wire::header;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_fixture_updates_and_messages_become_rows_and_the_checker_passes() {
@@ -93,7 +94,7 @@ async fn broker_a_poison_record_becomes_a_dead_letter_while_its_batch_lands() {
     let mut envelope = Outgoing::update(0, 1, 0, b"{\"original_size\": 12000000}".to_vec());
     envelope
         .headers
-        .push(("tg-error".into(), b"too_large: 12000000 bytes".to_vec()));
+        .push((header::ERROR.into(), b"too_large: 12000000 bytes".to_vec()));
     outgoing.insert(15, envelope);
     let manifest = produce(&broker, &topic, &outgoing).await;
 

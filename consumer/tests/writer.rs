@@ -13,6 +13,7 @@ use consumer::offsets::{OffsetStore, Ownership};
 use consumer::projection::ProjectionSchema;
 use consumer::record::ConsumedRecord;
 use consumer::writer::{BatchWriter, PreparedRecord, WriteError};
+use processor::wire::header;
 use proptest::prelude::*;
 use sqlx::PgPool;
 use testkit::TestDb;
@@ -41,8 +42,8 @@ fn record(offset: i64, value: Vec<u8>) -> PreparedRecord {
         key: Some(format!("{BOT}:1").into_bytes()),
         payload: Some(value),
         headers: vec![
-            ("tg-bot-id".into(), Some(BOT.to_string().into_bytes())),
-            ("tg-received-at".into(), Some(b"1760000000000".to_vec())),
+            (header::BOT_ID.into(), Some(BOT.to_string().into_bytes())),
+            (header::RECEIVED_AT.into(), Some(b"1760000000000".to_vec())),
         ],
         timestamp_ms: Some(1_760_000_000_000),
     })

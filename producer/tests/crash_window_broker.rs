@@ -14,6 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use processor::wire::header;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_kafka_ack_and_confirm_loses_nothing_on_restart_broker() {
@@ -61,7 +62,7 @@ async fn a_crash_between_kafka_ack_and_confirm_loses_nothing_on_restart_broker()
     for id in &ids {
         let copies = records
             .iter()
-            .filter(|r| r.header("tg-update-id") == Some(id.to_string().as_str()))
+            .filter(|r| r.header(header::UPDATE_ID) == Some(id.to_string().as_str()))
             .count();
         assert!(copies >= 1, "update {id} lost");
     }

@@ -11,6 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use processor::wire::header;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
@@ -67,7 +68,7 @@ async fn a_fatal_producer_error_rebuilds_the_producer_and_the_update_still_lands
     producer.stop().await.unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(
-        records[0].header("tg-update-id"),
+        records[0].header(header::UPDATE_ID),
         Some(id.to_string().as_str())
     );
     let text = logs.text();

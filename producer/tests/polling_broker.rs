@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use processor::wire::{self, CONTENT_TYPE_JSON, Subject, header};
 use testkit::BrokerKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +58,7 @@ async fn every_fixture_kind_arrives_byte_identical_with_its_key_and_headers_brok
             .iter()
             .find(|r| r.value == raw.trim_ascii())
             .unwrap_or_else(|| {
-                let types: Vec<_> = records.iter().map(|r| (r.header("tg-update-type").unwrap_or("?").to_owned(), r.header("tg-error").map(str::to_owned))).collect();
+                let types: Vec<_> = records.iter().map(|r| (r.header(header::UPDATE_TYPE).unwrap_or("?").to_owned(), r.header(header::ERROR).map(str::to_owned))).collect();
                 panic!("fixture {name} is not in Kafka byte-identical; refused first: {refused:?}; in Kafka: {types:?}")
             });
         let value: serde_json::Value = serde_json::from_slice(&sanitised(raw)).unwrap();
@@ -75,30 +76,31 @@ async fn every_fixture_kind_arrives_byte_identical_with_its_key_and_headers_brok
         let user = body["from"]["id"]
             .as_i64()
             .or_else(|| body["user"]["id"].as_i64());
-        let expected_key = match (chat, user) {
-            (Some(chat), _) => format!("{bot}:{chat}"),
-            (None, Some(user)) => format!("{bot}:u{user}"),
-            (None, None) => bot.clone(),
+        let subject = match (chat, user) {
+            (Some(chat), _) => Subject::Chat(chat.to_string()),
+            (None, Some(user)) => Subject::User(user.to_string()),
+            (None, None) => Subject::Bot,
         };
+        let expected_key = wire::record_key(bot.parse().unwrap(), &subject);
         assert_eq!(record.key, expected_key, "key of {name}");
-        assert_eq!(record.header("tg-bot-id"), Some(bot.as_str()), "{name}");
+        assert_eq!(record.header(header::BOT_ID), Some(bot.as_str()), "{name}");
         assert_eq!(
-            record.header("tg-update-id"),
+            record.header(header::UPDATE_ID),
             Some(update_id.to_string().as_str()),
             "{name}"
         );
         assert_eq!(
-            record.header("tg-update-type"),
+            record.header(header::UPDATE_TYPE),
             Some(kind.as_str()),
             "{name}"
         );
         assert_eq!(
-            record.header("content-type"),
-            Some("application/json"),
+            record.header(header::CONTENT_TYPE),
+            Some(CONTENT_TYPE_JSON),
             "{name}"
         );
-        assert_eq!(record.header("tg-error"), None, "{name}");
-        let received: i64 = record.header("tg-received-at").unwrap().parse().unwrap();
+        assert_eq!(record.header(header::ERROR), None, "{name}");
+        let received: i64 = record.header(header::RECEIVED_AT).unwrap().parse().unwrap();
         assert!(
             received > 1_700_000_000_000,
             "{name}: received-at {received} is not ms"
@@ -120,7 +122,7 @@ async fn every_fixture_kind_arrives_byte_identical_with_its_key_and_headers_brok
 
     let max_id = records
         .iter()
-        .map(|r| r.header("tg-update-id").unwrap().parse::<i64>().unwrap())
+        .map(|r| r.header(header::UPDATE_ID).unwrap().parse::<i64>().unwrap())
         .max()
         .unwrap();
     assert!(
@@ -239,7 +241,7 @@ async fn a_lone_surrogate_and_a_nul_arrive_byte_identical_and_their_batch_mates_
     assert_eq!(records.len(), pushed.len());
     let lone = records
         .iter()
-        .find(|r| r.header("tg-update-id") == Some(pushed[3].to_string().as_str()))
+        .find(|r| r.header(header::UPDATE_ID) == Some(pushed[3].to_string().as_str()))
         .unwrap();
     let expected = format!(
         r#"{{"update_id":{},"message":{{"message_id":10,"chat":{{"id":5}},"text":"lone \ud800 surrogate and \udfff another"}}}}"#,
@@ -249,7 +251,7 @@ async fn a_lone_surrogate_and_a_nul_arrive_byte_identical_and_their_batch_mates_
     assert_eq!(lone.key, format!("{}:5", BOT_IDS[0]));
     let nul = records
         .iter()
-        .find(|r| r.header("tg-update-id") == Some(pushed[4].to_string().as_str()))
+        .find(|r| r.header(header::UPDATE_ID) == Some(pushed[4].to_string().as_str()))
         .unwrap();
     assert!(
         nul.value.windows(6).any(|w| w == br"\u0000"),
@@ -259,7 +261,7 @@ async fn a_lone_surrogate_and_a_nul_arrive_byte_identical_and_their_batch_mates_
     assert_eq!(nul.key, format!("{}:6", BOT_IDS[0]));
     for record in &records {
         assert_eq!(
-            record.header("tg-error"),
+            record.header(header::ERROR),
             None,
             "no record of the batch is an envelope"
         );
@@ -268,7 +270,7 @@ async fn a_lone_surrogate_and_a_nul_arrive_byte_identical_and_their_batch_mates_
     let chat5: Vec<i64> = records
         .iter()
         .filter(|r| r.key.ends_with(":5"))
-        .map(|r| r.header("tg-update-id").unwrap().parse().unwrap())
+        .map(|r| r.header(header::UPDATE_ID).unwrap().parse().unwrap())
         .collect();
     let mut sorted = chat5.clone();
     sorted.sort_unstable();
@@ -314,14 +316,14 @@ async fn an_oversized_update_becomes_a_tg_error_envelope_and_is_confirmed_broker
     assert_eq!(records.len(), 2);
     let envelope = records
         .iter()
-        .find(|r| r.header("tg-update-id") == Some(big.to_string().as_str()))
+        .find(|r| r.header(header::UPDATE_ID) == Some(big.to_string().as_str()))
         .unwrap();
-    let error = envelope.header("tg-error").unwrap();
+    let error = envelope.header(header::ERROR).unwrap();
     assert!(error.starts_with("too_large"), "{error}");
     assert!(envelope.value.len() < 2_000, "the envelope is small");
     assert_eq!(envelope.key, format!("{}:9", BOT_IDS[0]));
     let original_size: usize = envelope
-        .header("tg-original-size")
+        .header(header::ORIGINAL_SIZE)
         .unwrap()
         .parse()
         .unwrap();
@@ -331,9 +333,9 @@ async fn an_oversized_update_becomes_a_tg_error_envelope_and_is_confirmed_broker
     assert_eq!(value["tg_error"]["original_size"], original_size);
     let normal = records
         .iter()
-        .find(|r| r.header("tg-update-id") == Some(small.to_string().as_str()))
+        .find(|r| r.header(header::UPDATE_ID) == Some(small.to_string().as_str()))
         .unwrap();
-    assert_eq!(normal.header("tg-error"), None);
+    assert_eq!(normal.header(header::ERROR), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,13 +381,13 @@ async fn elements_that_are_not_updates_become_envelopes_and_never_block_the_conf
     assert_eq!(records.len(), 4);
     let envelopes: Vec<_> = records
         .iter()
-        .filter(|r| r.header("tg-error").is_some())
+        .filter(|r| r.header(header::ERROR).is_some())
         .collect();
     assert_eq!(envelopes.len(), 2, "{records:#?}");
     for envelope in envelopes {
         assert!(
             envelope
-                .header("tg-error")
+                .header(header::ERROR)
                 .unwrap()
                 .starts_with("not_an_update")
         );
@@ -486,7 +488,7 @@ async fn while_the_broker_is_down_the_offset_never_advances_and_everything_lands
         assert!(
             records
                 .iter()
-                .any(|r| r.header("tg-update-id") == Some(id.to_string().as_str())),
+                .any(|r| r.header(header::UPDATE_ID) == Some(id.to_string().as_str())),
             "update {id} missing from Kafka"
         );
     }
@@ -651,6 +653,6 @@ async fn updates_after_an_update_id_jump_to_lower_ids_still_land_and_are_confirm
     assert!(
         records
             .iter()
-            .any(|r| r.header("tg-update-id") == Some(after.to_string().as_str()))
+            .any(|r| r.header(header::UPDATE_ID) == Some(after.to_string().as_str()))
     );
 }

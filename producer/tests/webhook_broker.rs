@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use processor::wire::header;
 use testkit::BrokerKind;
 
 const SECRET: &str = "webhook-secret_0123456789";
@@ -104,21 +105,26 @@ async fn a_200_means_kafka_has_the_update_byte_identical_with_key_and_headers_br
     assert_eq!(records.len(), 2);
     let record = records
         .iter()
-        .find(|r| r.header("tg-error").is_none())
+        .find(|r| r.header(header::ERROR).is_none())
         .unwrap();
     assert_eq!(record.value, raw);
     assert_eq!(record.key, format!("{}:-100500", BOT_IDS[0]));
-    assert_eq!(record.header("tg-update-id"), Some("77"));
-    assert_eq!(record.header("tg-update-type"), Some("message"));
+    assert_eq!(record.header(header::UPDATE_ID), Some("77"));
+    assert_eq!(record.header(header::UPDATE_TYPE), Some("message"));
     assert_eq!(
-        record.header("tg-bot-id"),
+        record.header(header::BOT_ID),
         Some(BOT_IDS[0].to_string().as_str())
     );
     let envelope = records
         .iter()
-        .find(|r| r.header("tg-error").is_some())
+        .find(|r| r.header(header::ERROR).is_some())
         .unwrap();
-    assert!(envelope.header("tg-error").unwrap().starts_with("not_json"));
+    assert!(
+        envelope
+            .header(header::ERROR)
+            .unwrap()
+            .starts_with("not_json")
+    );
     let value: serde_json::Value = serde_json::from_slice(&envelope.value).unwrap();
     assert_eq!(value["original"], "{\"update_id\":78,");
 }
@@ -198,7 +204,7 @@ async fn setwebhook_at_startup_lets_telegram_push_updates_into_kafka_broker() {
     producer.stop().await.unwrap();
     let ids: Vec<&str> = records
         .iter()
-        .filter_map(|r| r.header("tg-update-id"))
+        .filter_map(|r| r.header(header::UPDATE_ID))
         .collect();
     assert!(ids.contains(&early.to_string().as_str()), "{ids:?}");
     assert!(ids.contains(&late.to_string().as_str()), "{ids:?}");

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use consumer::check::{InvariantChecker, ProducedRecord, Violation};
+use processor::wire::{self, header};
 use sha2::{Digest, Sha256};
 
 use crate::pipeline::{Generated, Pipeline};
@@ -55,17 +56,16 @@ impl Verdict {
 }
 
 fn identity_of_record(record: &testkit::kafka::ConsumedRecord) -> Option<Identity> {
-    if record.header("tg-error").is_none() {
+    if record.header(header::ERROR).is_none() {
         return Some(Identity::Bytes(sha(&record.value)));
     }
-    let envelope: serde_json::Value = serde_json::from_slice(&record.value).ok()?;
-    if let Some(original) = envelope.get("original").and_then(|v| v.as_str()) {
-        return Some(Identity::Bytes(sha(original.as_bytes())));
+    if let Some(original) = wire::envelope_original(&record.value) {
+        return Some(Identity::Bytes(sha(&original)));
     }
     Some(Identity::Sized(
-        record.header("tg-bot-id")?.parse().ok()?,
-        record.header("tg-update-id")?.parse().ok()?,
-        record.header("tg-original-size")?.parse().ok()?,
+        record.header(header::BOT_ID)?.parse().ok()?,
+        record.header(header::UPDATE_ID)?.parse().ok()?,
+        record.header(header::ORIGINAL_SIZE)?.parse().ok()?,
     ))
 }
 
@@ -246,8 +246,8 @@ pub async fn judge(pipeline: &Pipeline) -> anyhow::Result<Verdict> {
         .collect();
     for (bot, id, digest, partition, offset) in &raw {
         let ok = by_position.get(&(*partition, *offset)).is_some_and(|r| {
-            r.header("tg-update-id") == Some(id.to_string().as_str())
-                && r.header("tg-bot-id") == Some(bot.to_string().as_str())
+            r.header(header::UPDATE_ID) == Some(id.to_string().as_str())
+                && r.header(header::BOT_ID) == Some(bot.to_string().as_str())
                 && sha(&r.value).as_slice() == digest.as_slice()
         });
         if !ok {

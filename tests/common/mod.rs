@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use consumer::check::ProducedRecord;
 use consumer::{ConsumerConfig, ConsumerStats, NoReadiness};
+use processor::wire::{self, Subject, header};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -109,14 +110,14 @@ pub async fn produce_with(
     let mut pending = Vec::new();
     let mut manifest = Vec::new();
     for r in records {
-        let key = format!("{BOT}:{}", r.chat_id).into_bytes();
+        let key = wire::record_key(BOT, &Subject::Chat(r.chat_id.to_string())).into_bytes();
         let headers = vec![
-            ("tg-bot-id".to_owned(), BOT.to_string().into_bytes()),
+            (header::BOT_ID.to_owned(), BOT.to_string().into_bytes()),
             (
-                "tg-update-id".to_owned(),
+                header::UPDATE_ID.to_owned(),
                 r.update_id.to_string().into_bytes(),
             ),
-            ("tg-received-at".to_owned(), b"1760000000000".to_vec()),
+            (header::RECEIVED_AT.to_owned(), b"1760000000000".to_vec()),
         ];
         let mut owned = OwnedHeaders::new();
         for (k, v) in &headers {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use consumer::check::{InvariantChecker, ProducedRecord};
 use consumer::{ConsumerConfig, ConsumerStats, NoReadiness};
+use processor::wire::{self, CONTENT_TYPE_JSON, Subject, header};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -90,13 +91,16 @@ impl Outgoing {
     pub fn update(partition: i32, chat_id: i64, update_id: i64, value: Vec<u8>) -> Self {
         Self {
             partition,
-            key: format!("{BOT}:{chat_id}").into_bytes(),
+            key: wire::record_key(BOT, &Subject::Chat(chat_id.to_string())).into_bytes(),
             value,
             headers: vec![
-                ("tg-bot-id".into(), BOT.to_string().into_bytes()),
-                ("tg-update-id".into(), update_id.to_string().into_bytes()),
-                ("tg-received-at".into(), b"1760000000000".to_vec()),
-                ("content-type".into(), b"application/json".to_vec()),
+                (header::BOT_ID.into(), BOT.to_string().into_bytes()),
+                (header::UPDATE_ID.into(), update_id.to_string().into_bytes()),
+                (header::RECEIVED_AT.into(), b"1760000000000".to_vec()),
+                (
+                    header::CONTENT_TYPE.into(),
+                    CONTENT_TYPE_JSON.as_bytes().to_vec(),
+                ),
             ],
         }
     }
