@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
@@ -31,20 +32,16 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{InflightBudget, Reservation};
+use crate::budget::InflightBudget;
 use crate::config::{ConsumerConfig, StartPolicy};
 use crate::offsets::{OffsetStore, Ownership};
 use crate::readiness::{CHECK_KAFKA, Readiness};
+use crate::record::ConsumedRecord;
 use crate::stats::ConsumerStats;
-use crate::worker::{PartitionWorker, WorkerExit, WorkerSettings};
+use crate::worker::{
+    PartitionLog, PartitionWorker, WorkerDeps, WorkerExit, WorkerRequest, WorkerSettings,
+};
 use crate::writer::BatchWriter;
-
-/// Requests from workers to the polling thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Command {
-    /// librdkafka stopped fetching the partition (offset out of range): restart it at `offset`.
-    RestartFetch { partition: i32, offset: i64 },
-}
 
 struct WorkerHandle {
     cancel: CancellationToken,
@@ -57,14 +54,13 @@ pub(crate) struct Shared {
     pub config: ConsumerConfig,
     pub topic: Arc<str>,
     pub store: OffsetStore,
-    pub writer: BatchWriter,
     pub stats: Arc<ConsumerStats>,
     pub readiness: Arc<dyn Readiness>,
     pub shutdown: CancellationToken,
-    pub commands: Sender<Command>,
+    pub commands: Sender<WorkerRequest>,
     pub positions: Arc<Mutex<HashMap<i32, i64>>>,
-    /// Record bytes all workers of this process may hold outside librdkafka.
-    pub budget: Arc<InflightBudget>,
+    /// What every worker of this process is built with.
+    worker_deps: WorkerDeps,
     consumer: OnceLock<Weak<BaseConsumer<SinkContext>>>,
     workers: Mutex<HashMap<i32, WorkerHandle>>,
 }
@@ -205,29 +201,16 @@ impl SinkContext {
             let wake = notify.clone();
             queue.set_nonempty_callback(move || wake.notify_one());
             let cancel = shared.shutdown.child_token();
-            let worker = PartitionWorker {
+            let log = AssignedPartition {
                 topic: shared.topic.clone(),
-                owner,
+                partition: owner.partition,
                 queue,
-                notify,
                 consumer: arc.clone(),
-                writer: shared.writer.clone(),
-                store: shared.store.clone(),
-                settings: WorkerSettings {
-                    batch_max_records: shared.config.batch_max_records,
-                    batch_max_bytes: shared.config.batch_max_bytes,
-                    linger: shared.config.linger,
-                    idle_reread_interval: shared.config.idle_reread_interval,
-                    retry: shared.config.retry,
-                },
-                cancel: cancel.clone(),
-                stats: shared.stats.clone(),
-                readiness: shared.readiness.clone(),
                 commands: shared.commands.clone(),
                 positions: shared.positions.clone(),
-                reservation: Reservation::new(shared.budget.clone()),
-                mean_record_bytes: 0.0,
             };
+            let worker =
+                PartitionWorker::new(&shared.worker_deps, owner, log, notify, cancel.clone());
             let join = shared.handle.spawn(worker.run());
             if let Ok(mut workers) = shared.workers.lock()
                 && let Some(old) = workers.insert(owner.partition, WorkerHandle { cancel, join })
@@ -347,6 +330,73 @@ impl SinkContext {
     }
 }
 
+/// One assigned partition, as its worker sees it ([`PartitionLog`]): its split queue and the
+/// group's consumer.
+struct AssignedPartition {
+    topic: Arc<str>,
+    partition: i32,
+    queue: PartitionQueue<SinkContext>,
+    consumer: Arc<BaseConsumer<SinkContext>>,
+    commands: Sender<WorkerRequest>,
+    positions: Arc<Mutex<HashMap<i32, i64>>>,
+}
+
+impl AssignedPartition {
+    fn this_partition(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.partition);
+        tpl
+    }
+}
+
+impl PartitionLog for AssignedPartition {
+    fn poll(&self) -> Option<KafkaResult<ConsumedRecord>> {
+        self.queue
+            .poll(Duration::ZERO)
+            .map(|polled| polled.map(|message| ConsumedRecord::from_message(&message)))
+    }
+
+    fn seek(&self, offset: i64) -> KafkaResult<()> {
+        // Timeout zero makes the seek asynchronous: nothing blocks the runtime thread.
+        self.consumer.seek(
+            &self.topic,
+            self.partition,
+            Offset::Offset(offset),
+            Duration::ZERO,
+        )
+    }
+
+    fn pause(&self) -> KafkaResult<()> {
+        self.consumer.pause(&self.this_partition())
+    }
+
+    fn resume(&self) -> KafkaResult<()> {
+        self.consumer.resume(&self.this_partition())
+    }
+
+    fn commit(&self, next_offset: i64) -> KafkaResult<()> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(next_offset))?;
+        self.consumer.commit(&tpl, CommitMode::Async)
+    }
+
+    fn set_position(&self, next_offset: i64) {
+        if let Ok(mut positions) = self.positions.lock() {
+            positions.insert(self.partition, next_offset);
+        }
+    }
+
+    fn request(&self, request: WorkerRequest) {
+        // The polling thread is gone only when the consumer is closing: nothing to restart.
+        let _ = self.commands.send(request);
+    }
+
+    fn watermarks(&self, timeout: Duration) -> KafkaResult<(i64, i64)> {
+        self.consumer
+            .fetch_watermarks(&self.topic, self.partition, timeout)
+    }
+}
+
 /// Creates the group consumer with its context.
 pub(crate) fn create_consumer(
     shared: Arc<Shared>,
@@ -372,21 +422,35 @@ impl Shared {
         stats: Arc<ConsumerStats>,
         readiness: Arc<dyn Readiness>,
         shutdown: CancellationToken,
-        commands: Sender<Command>,
+        commands: Sender<WorkerRequest>,
     ) -> Self {
-        let budget = InflightBudget::new(config.max_inflight_bytes);
+        let topic: Arc<str> = config.topic.as_str().into();
+        let worker_deps = WorkerDeps {
+            topic: topic.clone(),
+            writer,
+            store: store.clone(),
+            settings: WorkerSettings {
+                batch_max_records: config.batch_max_records,
+                batch_max_bytes: config.batch_max_bytes,
+                linger: config.linger,
+                idle_reread_interval: config.idle_reread_interval,
+                retry: config.retry,
+            },
+            stats: stats.clone(),
+            readiness: readiness.clone(),
+            budget: InflightBudget::new(config.max_inflight_bytes),
+        };
         Self {
             handle,
-            topic: config.topic.as_str().into(),
+            topic,
             config,
             store,
-            writer,
             stats,
             readiness,
             shutdown,
             commands,
             positions: Arc::new(Mutex::new(HashMap::new())),
-            budget,
+            worker_deps,
             consumer: OnceLock::new(),
             workers: Mutex::new(HashMap::new()),
         }
@@ -397,7 +461,7 @@ impl Shared {
 /// group and drop the consumer here.
 pub(crate) fn poll_loop(
     consumer: Arc<BaseConsumer<SinkContext>>,
-    commands: Receiver<Command>,
+    commands: Receiver<WorkerRequest>,
 ) -> anyhow::Result<()> {
     let shared = consumer.context().shared.clone();
     consumer
@@ -447,8 +511,8 @@ pub(crate) fn poll_loop(
 }
 
 /// Restarts fetching a partition librdkafka stopped (offset out of range), at `offset`.
-fn restart_fetch(consumer: &BaseConsumer<SinkContext>, shared: &Shared, command: Command) {
-    let Command::RestartFetch { partition, offset } = command;
+fn restart_fetch(consumer: &BaseConsumer<SinkContext>, shared: &Shared, request: WorkerRequest) {
+    let WorkerRequest::RestartFetch { partition, offset } = request;
     let owned = shared
         .workers
         .lock()

@@ -16,27 +16,57 @@
 //!   re-read every `idle_reread_interval`);
 //! - cancellation (revoke, shutdown) is observed only between writes: a write in progress ends
 //!   in COMMIT or an explicit ROLLBACK, never in a dropped future.
+//!
+//! The worker sees Kafka only through [`PartitionLog`], a narrow handle on its one partition
+//! that the group implements; it knows nothing of the group, so the two never import each other.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::Reservation;
+use crate::budget::{InflightBudget, Reservation};
 use crate::config::RetryPolicy;
-use crate::group::{Command, SinkContext};
 use crate::offsets::{OffsetStore, Ownership, StoredOffset};
 use crate::readiness::Readiness;
 use crate::record::ConsumedRecord;
 use crate::stats::ConsumerStats;
 use crate::writer::{BatchWriter, PreparedRecord, WriteError};
 
-type Queue = rdkafka::consumer::base_consumer::PartitionQueue<SinkContext>;
+/// One assigned partition as its worker sees it: the records fetched for it and the few
+/// operations the worker needs on the group's consumer. Implemented by the group for a split
+/// partition queue; every method returns at once (none waits for the broker, except
+/// [`PartitionLog::watermarks`], which the worker calls off the runtime threads).
+pub(crate) trait PartitionLog: Send + Sync + 'static {
+    /// The next record (or fetch error) already fetched for this partition, without waiting.
+    fn poll(&self) -> Option<KafkaResult<ConsumedRecord>>;
+    /// Moves fetching to `offset`, asynchronously.
+    fn seek(&self, offset: i64) -> KafkaResult<()>;
+    /// Stops fetching (while a write is retried), so the group membership survives unbusy.
+    fn pause(&self) -> KafkaResult<()>;
+    /// Resumes fetching after [`PartitionLog::pause`].
+    fn resume(&self) -> KafkaResult<()>;
+    /// The advisory Kafka mirror of the committed `next_offset` (asynchronous; errors are not
+    /// fatal).
+    fn commit(&self, next_offset: i64) -> KafkaResult<()>;
+    /// Publishes the position the worker will write next (lag metrics, eager fetch restarts).
+    fn set_position(&self, next_offset: i64);
+    /// Asks the group to restart fetching at `offset` (librdkafka stopped the partition, or a
+    /// seek failed); handled by the group's polling thread.
+    fn request(&self, request: WorkerRequest);
+    /// The log's (low, high) watermarks. Blocks for up to `timeout`.
+    fn watermarks(&self, timeout: Duration) -> KafkaResult<(i64, i64)>;
+}
+
+/// What a worker asks of the group's polling thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkerRequest {
+    /// librdkafka stopped fetching the partition (offset out of range): restart it at `offset`.
+    RestartFetch { partition: i32, offset: i64 },
+}
 
 /// Why a worker stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,30 +87,41 @@ pub(crate) struct WorkerSettings {
     pub retry: RetryPolicy,
 }
 
-/// How often a worker looks at its queue even without a wake-up, as a safety net.
-const POLL_TICK: Duration = Duration::from_millis(200);
-
-pub(crate) struct PartitionWorker {
+/// What every worker of a process shares: where it writes, how, and whom it tells.
+#[derive(Clone)]
+pub(crate) struct WorkerDeps {
     pub topic: Arc<str>,
-    pub owner: Ownership,
-    pub queue: Queue,
-    pub notify: Arc<Notify>,
-    pub consumer: Arc<BaseConsumer<SinkContext>>,
     pub writer: BatchWriter,
     pub store: OffsetStore,
     pub settings: WorkerSettings,
-    pub cancel: CancellationToken,
     pub stats: Arc<ConsumerStats>,
     pub readiness: Arc<dyn Readiness>,
-    pub commands: std::sync::mpsc::Sender<Command>,
-    pub positions: Arc<Mutex<std::collections::HashMap<i32, i64>>>,
-    /// This worker's share of the process-wide budget of record bytes in flight.
-    pub reservation: Reservation,
-    /// Mean bytes of this partition's records (moving average), to size a reservation.
-    pub mean_record_bytes: f64,
+    /// Record bytes all workers of this process may hold outside librdkafka.
+    pub budget: Arc<InflightBudget>,
 }
 
-impl std::fmt::Debug for PartitionWorker {
+/// How often a worker looks at its queue even without a wake-up, as a safety net.
+const POLL_TICK: Duration = Duration::from_millis(200);
+
+pub(crate) struct PartitionWorker<L> {
+    topic: Arc<str>,
+    owner: Ownership,
+    log: Arc<L>,
+    /// Woken by the group when the partition's queue becomes non-empty.
+    notify: Arc<Notify>,
+    writer: BatchWriter,
+    store: OffsetStore,
+    settings: WorkerSettings,
+    cancel: CancellationToken,
+    stats: Arc<ConsumerStats>,
+    readiness: Arc<dyn Readiness>,
+    /// This worker's share of the process-wide budget of record bytes in flight.
+    reservation: Reservation,
+    /// Mean bytes of this partition's records (moving average), to size a reservation.
+    mean_record_bytes: f64,
+}
+
+impl<L> std::fmt::Debug for PartitionWorker<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartitionWorker")
             .field("topic", &self.topic)
@@ -95,7 +136,31 @@ enum Flow {
     Stop(WorkerExit),
 }
 
-impl PartitionWorker {
+impl<L: PartitionLog> PartitionWorker<L> {
+    /// A worker for the partition `owner` names, starting at its stored `next_offset`.
+    pub(crate) fn new(
+        deps: &WorkerDeps,
+        owner: Ownership,
+        log: L,
+        notify: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            topic: deps.topic.clone(),
+            owner,
+            log: Arc::new(log),
+            notify,
+            writer: deps.writer.clone(),
+            store: deps.store.clone(),
+            settings: deps.settings.clone(),
+            cancel,
+            stats: deps.stats.clone(),
+            readiness: deps.readiness.clone(),
+            reservation: Reservation::new(deps.budget.clone()),
+            mean_record_bytes: 0.0,
+        }
+    }
+
     #[tracing::instrument(name = "partition_worker", skip_all, fields(topic = %self.topic, partition = self.owner.partition, epoch = self.owner.owner_epoch))]
     pub async fn run(mut self) -> WorkerExit {
         tracing::info!(next_offset = self.owner.next_offset, "worker started");
@@ -228,10 +293,8 @@ impl PartitionWorker {
                     break;
                 }
             }
-            let polled = match self.queue.poll(Duration::ZERO) {
-                None => break,
-                Some(Ok(message)) => Ok(ConsumedRecord::from_message(&message)),
-                Some(Err(e)) => Err(e),
+            let Some(polled) = self.log.poll() else {
+                break;
             };
             match polled {
                 Ok(record) => {
@@ -275,13 +338,9 @@ impl PartitionWorker {
     async fn out_of_range(&mut self, buffer: &mut VecDeque<ConsumedRecord>) -> Flow {
         buffer.clear();
         let expected = self.owner.next_offset;
-        let consumer = self.consumer.clone();
-        let topic = self.topic.to_string();
-        let partition = self.owner.partition;
-        let watermarks = tokio::task::spawn_blocking(move || {
-            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))
-        })
-        .await;
+        let log = self.log.clone();
+        let watermarks =
+            tokio::task::spawn_blocking(move || log.watermarks(Duration::from_secs(10))).await;
         let (low, high) = match watermarks {
             Ok(Ok(w)) => w,
             Ok(Err(e)) => {
@@ -479,41 +538,24 @@ impl PartitionWorker {
     async fn after_commit(&mut self) {
         failpoints_after_commit().await;
         self.publish_position();
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(
-                &self.topic,
-                self.owner.partition,
-                Offset::Offset(self.owner.next_offset),
-            )
-            .is_ok()
-            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
-        {
+        if let Err(e) = self.log.commit(self.owner.next_offset) {
             tracing::debug!("advisory Kafka commit failed (not fatal): {e}");
         }
     }
 
     fn publish_position(&self) {
-        if let Ok(mut positions) = self.positions.lock() {
-            positions.insert(self.owner.partition, self.owner.next_offset);
-        }
+        self.log.set_position(self.owner.next_offset);
     }
 
     fn seek(&self, offset: i64) {
-        // Timeout zero makes the seek asynchronous: nothing blocks the runtime thread.
-        if let Err(e) = self.consumer.seek(
-            &self.topic,
-            self.owner.partition,
-            Offset::Offset(offset),
-            Duration::ZERO,
-        ) {
+        if let Err(e) = self.log.seek(offset) {
             tracing::warn!(offset, "seek failed, asking for a fetch restart: {e}");
             self.request_restart(offset);
         }
     }
 
     fn request_restart(&self, offset: i64) {
-        let _ = self.commands.send(Command::RestartFetch {
+        self.log.request(WorkerRequest::RestartFetch {
             partition: self.owner.partition,
             offset,
         });
@@ -521,12 +563,10 @@ impl PartitionWorker {
 
     /// Pauses or resumes fetching this partition; returns whether the partition is now paused.
     fn set_paused(&self, paused: bool) -> bool {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, self.owner.partition);
         let result = if paused {
-            self.consumer.pause(&tpl)
+            self.log.pause()
         } else {
-            self.consumer.resume(&tpl)
+            self.log.resume()
         };
         if let Err(e) = &result {
             tracing::debug!(paused, "pause/resume failed: {e}");
