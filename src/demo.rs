@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use botsim::traffic::{Malformed, TrafficConfig, TrafficGenerator};
 use botsim::{AllowedUpdates, BotApi, BotApiConfig, KNOWN_KINDS};
+use consumer::projection::ProjectionTable;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
@@ -483,21 +484,12 @@ async fn print_summary(pool: &PgPool, config: &DatabaseConfig, topic: &str) -> a
         "Rows in {} now (earlier demo runs included; this run read topic {topic}):",
         db::describe(config)
     );
-    for table in [
-        "raw_updates",
-        "chats",
-        "users",
-        "messages",
-        "message_edits",
-        "message_reactions",
-        "message_reaction_counts",
-        "chat_member_events",
-        "callback_queries",
-        "polls",
-        "poll_answers",
-        "dead_letters",
-    ] {
-        // `table` comes from the fixed list above.
+    let projections = ProjectionTable::ALL.iter().map(|t| t.name());
+    let tables = std::iter::once("raw_updates")
+        .chain(projections)
+        .chain(std::iter::once("dead_letters"));
+    for table in tables {
+        // `table` is a fixed name: a protocol table or one of the projection registry.
         let count: i64 =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
                 .fetch_one(pool)

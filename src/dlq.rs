@@ -2,7 +2,7 @@
 //!
 //! Guarantees:
 //! - a redrive writes the record's rows (its `raw_updates` row and projections, through the
-//!   consumer's projection upsert) and marks its dead letter resolved in ONE transaction whose
+//!   consumer's `RecordWriter`) and marks its dead letter resolved in ONE transaction whose
 //!   last statement only matches a still-unresolved letter: a second redrive, or a consumer replay
 //!   that resolved the letter meanwhile, rolls back and changes nothing, so a record ends with
 //!   rows xor an unresolved dead letter, exactly once;
@@ -14,7 +14,7 @@
 
 use anyhow::{Context, bail};
 use consumer::record::ConsumedRecord;
-use consumer::writer::{Content, PreparedRecord};
+use consumer::writer::{Content, DeadLetterClass, JsonbPayload, PreparedRecord, RecordWriter};
 use processor::wire::{self, hex};
 use rdkafka::ClientConfig;
 use serde::Serialize;
@@ -301,53 +301,31 @@ pub async fn redrive(
         let record = match recover_record(&letter, kafka).await {
             Ok(record) => record,
             Err(reason) => {
-                note_failure(pool, id, "redrive_unrecoverable", &reason).await?;
-                outcome
-                    .still_failing
-                    .push((id, "redrive_unrecoverable".to_owned(), reason));
+                let class = DeadLetterClass::RedriveUnrecoverable.as_str();
+                note_failure(pool, id, class, &reason).await?;
+                outcome.still_failing.push((id, class.to_owned(), reason));
                 progress.advance(1);
                 continue;
             }
         };
         let prepared = PreparedRecord::prepare(record);
-        let normalized = match &prepared.content {
-            Content::Update(n) => n,
-            Content::Rejected { class, text } => {
-                note_failure(pool, id, class, text).await?;
-                outcome
-                    .still_failing
-                    .push((id, class.clone(), text.clone()));
-                progress.advance(1);
-                continue;
-            }
-        };
-        let fallback = prepared
-            .record
-            .received_at_ms()
-            .unwrap_or(0)
-            .div_euclid(1000);
+        if let Content::Rejected { class, text } = &prepared.content {
+            note_failure(pool, id, class.as_str(), text).await?;
+            outcome
+                .still_failing
+                .push((id, class.as_str().to_owned(), text.clone()));
+            progress.advance(1);
+            continue;
+        }
         let mut conn = pool.acquire().await.context("connecting for a redrive")?;
-        match write_and_resolve(
-            &mut conn,
-            &schema,
-            &prepared,
-            normalized,
-            fallback,
-            processor_version,
-            id,
-        )
-        .await
-        {
+        match write_and_resolve(&mut conn, &schema, &prepared, processor_version, id).await {
             Ok(true) => outcome.redriven.push(id),
             Ok(false) => outcome.unchanged.push(id),
             Err(e) => {
                 if consumer::classify::classify(&e) == consumer::classify::ErrorClass::Transient {
                     return Err(e).with_context(|| format!("redriving dead letter {id}"));
                 }
-                let class = format!(
-                    "db_{}",
-                    consumer::classify::sqlstate(&e).unwrap_or_else(|| "client".to_owned())
-                );
+                let class = DeadLetterClass::database(&e).as_str().to_owned();
                 let text = e.to_string();
                 note_failure(pool, id, &class, &text).await?;
                 outcome.still_failing.push((id, class, text));
@@ -365,8 +343,6 @@ async fn write_and_resolve(
     conn: &mut PgConnection,
     schema: &consumer::projection::ProjectionSchema,
     prepared: &PreparedRecord,
-    normalized: &processor::Normalized,
-    fallback_src_date: i64,
     processor_version: i32,
     id: i64,
 ) -> Result<bool, sqlx::Error> {
@@ -375,13 +351,9 @@ async fn write_and_resolve(
     sqlx::query("SET LOCAL statement_timeout = '60s'")
         .execute(&mut *tx)
         .await?;
-    insert_raw(&mut tx, prepared, normalized, processor_version).await?;
-    schema
-        .upsert(
-            &mut tx,
-            &[(normalized, fallback_src_date)],
-            processor_version,
-        )
+    let record = &prepared.record;
+    RecordWriter::new(&record.topic, record.partition, processor_version, schema)
+        .write_updates(&mut tx, &[prepared], JsonbPayload::WhereValid)
         .await?;
     let resolved = sqlx::query(
         "UPDATE dead_letters SET resolved_at = now(), last_seen = now(), attempts = attempts + 1 \
@@ -396,46 +368,6 @@ async fn write_and_resolve(
     }
     tx.commit().await?;
     Ok(true)
-}
-
-/// The record's `raw_updates` row, with the consumer's conflict rule (an equal payload is
-/// absorbed; a newer processor version is recorded).
-// This mirrors the consumer writer's raw insert because the writer has no public entry that writes
-// a record's rows inside a caller's transaction without moving an offset; once it has, use it.
-async fn insert_raw(
-    conn: &mut PgConnection,
-    prepared: &PreparedRecord,
-    normalized: &processor::Normalized,
-    processor_version: i32,
-) -> Result<(), sqlx::Error> {
-    let raw = &normalized.raw;
-    let record = &prepared.record;
-    sqlx::query(
-        "INSERT INTO raw_updates AS r \
-             (bot_id, update_id, payload_sha256, update_type, payload_bytes, payload, \
-              received_at, kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, \
-              processor_version) \
-         VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN convert_from($5, 'UTF8')::jsonb END, \
-                 to_timestamp($7 / 1000.0), $8, $9, $10, to_timestamp($11 / 1000.0), $12) \
-         ON CONFLICT (bot_id, update_id, payload_sha256) DO UPDATE \
-             SET processor_version = EXCLUDED.processor_version \
-             WHERE EXCLUDED.processor_version > r.processor_version",
-    )
-    .bind(raw.bot_id)
-    .bind(raw.update_id)
-    .bind(raw.payload_sha256.to_vec())
-    .bind(&raw.update_type)
-    .bind(&raw.payload_bytes)
-    .bind(raw.jsonb_ok)
-    .bind(record.received_at_ms())
-    .bind(&record.topic)
-    .bind(record.partition)
-    .bind(record.offset)
-    .bind(record.timestamp_ms)
-    .bind(processor_version)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Counts a failed attempt and records its error; the letter stays unresolved.

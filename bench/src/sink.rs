@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use consumer::projection::ProjectionTable;
 use futures::StreamExt;
 use sqlx::{AssertSqlSafe, Connection};
 
@@ -30,20 +31,12 @@ use crate::procstat;
 use crate::report::{Table, thousands};
 use crate::workload::{Workload, WorkloadConfig, WorkloadProfile};
 
-/// Every table tgingest writes rows into for this workload (projections + raw updates).
-pub const DATA_TABLES: &[&str] = &[
-    "raw_updates",
-    "chats",
-    "users",
-    "messages",
-    "message_edits",
-    "message_reactions",
-    "message_reaction_counts",
-    "chat_member_events",
-    "callback_queries",
-    "polls",
-    "poll_answers",
-];
+/// Every table tgingest writes rows into for an update: raw updates and the projection registry.
+pub fn data_tables() -> Vec<&'static str> {
+    std::iter::once("raw_updates")
+        .chain(ProjectionTable::ALL.iter().map(|t| t.name()))
+        .collect()
+}
 
 /// Settings of one `sink` run.
 #[derive(Debug, Clone)]
@@ -183,12 +176,12 @@ pub struct IdealLoad {
     pub pg_cpu: f64,
 }
 
-/// Exports every row of [`DATA_TABLES`] from `source` and loads them into a fresh database
+/// Exports every row of [`data_tables`] from `source` and loads them into a fresh database
 /// with COPY, in `transactions` transactions; the fresh database is dropped afterwards.
 pub async fn ideal_copy(source: &BenchDb, transactions: usize) -> anyhow::Result<IdealLoad> {
     let mut export = source.connect().await?;
     let mut tables: Vec<(&str, Vec<u8>, Vec<usize>)> = Vec::new();
-    for table in DATA_TABLES {
+    for table in data_tables() {
         let mut data = Vec::new();
         {
             let mut stream = export
@@ -404,7 +397,7 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
             &settings.log_dir.join("sink-tgingest.log"),
         )
         .await?;
-        let counts = db.row_counts(DATA_TABLES).await?;
+        let counts = db.row_counts(&data_tables()).await?;
         let rows: i64 = counts.iter().map(|(_, n)| n).sum();
         if rep == 1 {
             for (t, n) in &counts {

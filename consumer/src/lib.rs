@@ -22,6 +22,7 @@ pub mod projection;
 pub mod readiness;
 pub mod record;
 pub mod stats;
+mod transaction;
 mod worker;
 pub mod writer;
 

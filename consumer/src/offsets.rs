@@ -10,7 +10,10 @@
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres};
+use sqlx::{Executor, PgConnection, PgPool, Postgres};
+
+use crate::classify::is_connection_loss;
+use crate::transaction::{self, IdleClient};
 
 /// What a worker knows about its partition's row: its fencing token and where it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,14 +61,10 @@ impl OffsetStore {
     /// Opens a transaction bounded by the statement timeout.
     async fn begin_bounded(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        let timeout_ms = self.statement_timeout.as_millis().max(1);
-        if let Err(e) = conn
-            .execute(AssertSqlSafe(format!(
-                "BEGIN; SET LOCAL statement_timeout = {timeout_ms}"
-            )))
-            .await
+        if let Err(e) =
+            transaction::begin(&mut conn, self.statement_timeout, IdleClient::Tolerated).await
         {
-            finish::<()>(conn, Err(sqlx::Error::BeginFailed)).await.ok();
+            transaction::roll_back(conn, is_connection_loss(&e)).await;
             return Err(e);
         }
         Ok(conn)
@@ -164,8 +163,8 @@ impl OffsetStore {
     }
 }
 
-/// Ends a transaction explicitly: COMMIT after success; ROLLBACK (or closing the connection
-/// when even that fails) after an error, so the pool never gets a connection mid-transaction.
+/// Ends a transaction explicitly: COMMIT after success (closing the connection when COMMIT fails);
+/// [`transaction::roll_back`] after an error.
 async fn finish<T>(
     mut conn: PoolConnection<Postgres>,
     result: Result<T, sqlx::Error>,
@@ -179,9 +178,7 @@ async fn finish<T>(
             }
         },
         Err(e) => {
-            if conn.execute("ROLLBACK").await.is_err() {
-                conn.close_on_drop();
-            }
+            transaction::roll_back(conn, is_connection_loss(&e)).await;
             Err(e)
         }
     }

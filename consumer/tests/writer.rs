@@ -364,7 +364,7 @@ async fn a_newer_processor_version_rewrites_rows_of_the_same_update_but_never_be
 /// not what).
 async fn projection_state(pool: &PgPool) -> Vec<String> {
     let mut state = Vec::new();
-    for (table, _) in consumer::projection::TABLES {
+    for table in consumer::projection::ProjectionTable::ALL {
         let sql = format!(
             "SELECT coalesce(string_agg(r, E'\\n' ORDER BY r), '') FROM \
              (SELECT (to_jsonb(t) - 'updated_at')::text AS r FROM {table} t) s"
@@ -386,9 +386,9 @@ async fn projection_state(pool: &PgPool) -> Vec<String> {
 }
 
 async fn reset(pool: &PgPool) {
-    let tables: Vec<&str> = consumer::projection::TABLES
+    let tables: Vec<&str> = consumer::projection::ProjectionTable::ALL
         .iter()
-        .map(|(t, _)| *t)
+        .map(|t| t.name())
         .collect();
     let sql = format!(
         "TRUNCATE raw_updates, dead_letters, consumer_offsets, {}",
