@@ -31,7 +31,7 @@ use crate::budget::Reservation;
 use crate::config::RetryPolicy;
 use crate::group::{Command, SinkContext};
 use crate::offsets::{OffsetStore, Ownership, StoredOffset};
-use crate::readiness::Readiness;
+use crate::readiness::{CHECK_POSTGRES, Readiness};
 use crate::record::ConsumedRecord;
 use crate::stats::ConsumerStats;
 use crate::writer::{BatchWriter, PreparedRecord, WriteError};
@@ -374,14 +374,14 @@ impl PartitionWorker {
                         next_offset = self.owner.next_offset,
                         "batch committed"
                     );
-                    self.readiness.ready("postgres");
+                    self.readiness.ready(CHECK_POSTGRES, "");
                     self.after_commit().await;
                     break Flow::Continue;
                 }
                 Err(WriteError::Transient(e)) => {
                     self.stats.transient_error();
                     self.readiness
-                        .not_ready("postgres", format!("batch write failing: {e}"));
+                        .not_ready(CHECK_POSTGRES, &format!("batch write failing: {e}"));
                     tracing::warn!(attempt, "transient error writing a batch, retrying: {e}");
                     if !paused {
                         paused = self.set_paused(true);
@@ -459,7 +459,7 @@ impl PartitionWorker {
                 Flow::Continue
             }
             Ok(Some(_)) => {
-                self.readiness.ready("postgres");
+                self.readiness.ready(CHECK_POSTGRES, "");
                 Flow::Continue
             }
             Ok(None) => {
@@ -468,7 +468,7 @@ impl PartitionWorker {
             }
             Err(e) => {
                 self.readiness
-                    .not_ready("postgres", format!("cannot read offsets: {e}"));
+                    .not_ready(CHECK_POSTGRES, &format!("cannot read offsets: {e}"));
                 tracing::warn!("re-reading the offsets row failed: {e}");
                 Flow::Continue
             }
