@@ -3,7 +3,7 @@
 //!
 //! Components report named units (dependencies such as `postgres`, parts built at run time such
 //! as `bot #2`) to a shared [`Readiness`] through the workspace's readiness contract
-//! ([`readiness::Readiness`]) as their connections come and go. `/readyz` answers 200 only when
+//! ([`component::Readiness`]) as their connections come and go. `/readyz` answers 200 only when
 //! every unit is ready, listing each unit with its detail; otherwise 503, listing the units that
 //! are not ready and why, so a Kubernetes probe and a human read the same answer.
 
@@ -16,8 +16,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use component::Unit;
 use metrics_exporter_prometheus::PrometheusHandle;
-use readiness::Unit;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +71,7 @@ impl Readiness {
     }
 }
 
-impl readiness::Readiness for Readiness {
+impl component::Readiness for Readiness {
     fn ready(&self, unit: &Unit, detail: &str) {
         // Reported after every batch: update in place rather than allocate a key each time.
         let mut units = self.lock();
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn units_built_at_run_time_are_listed_with_their_details_and_can_be_withdrawn() {
-        use readiness::Readiness as _;
+        use component::Readiness as _;
         let registry = Readiness::default();
         registry.ready(&Unit::bot(2), "polling");
         registry.ready(&Unit::fixed("kafka"), "");

@@ -33,9 +33,9 @@ use rdkafka::consumer::Consumer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::readiness::{NoReadiness, Readiness};
 pub use config::{AssignmentStrategy, ConfigError, ConsumerConfig, RetryPolicy, StartPolicy};
 pub use offsets::{OffsetStore, Ownership, StoredOffset};
+pub use readiness::{NoReadiness, Readiness};
 pub use stats::ConsumerStats;
 
 /// Tables the consumer writes besides the projections.

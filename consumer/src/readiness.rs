@@ -1,10 +1,10 @@
 //! The units the consumer reports to its host's readiness registry (the admin server's
-//! `/readyz`), through the workspace's one readiness contract ([`::readiness::Readiness`]).
+//! `/readyz`), through the workspace's one readiness contract ([`component::Readiness`]).
 //!
 //! Guarantees: the consumer reports exactly two units, [`CHECK_POSTGRES`] and [`CHECK_KAFKA`];
 //! it reports often (after every batch), which the contract requires implementations to bear.
 
-pub use ::readiness::{NoReadiness, Readiness, Unit};
+pub use component::{NoReadiness, Readiness, Unit};
 
 /// PostgreSQL reachability.
 pub const CHECK_POSTGRES: &Unit = &Unit::fixed("postgres");

@@ -280,24 +280,8 @@ impl std::fmt::Display for Setting {
     }
 }
 
-/// A setting that cannot work, named.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{setting}: {reason}")]
-pub struct ConfigError {
-    /// The setting.
-    pub setting: Setting,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl ConfigError {
-    fn new(setting: Setting, reason: impl Into<String>) -> Self {
-        Self {
-            setting,
-            reason: reason.into(),
-        }
-    }
-}
+/// A setting that cannot work, named by its [`Setting`].
+pub type ConfigError = component::ConfigError<Setting>;
 
 /// [`ALL_UPDATE_KINDS`] as owned strings.
 pub fn all_update_kinds() -> Vec<String> {

@@ -37,12 +37,12 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::readiness::{KAFKA_CHECK, NoReadiness, Readiness, TELEGRAM_CHECK};
 pub use config::{
     ALL_UPDATE_KINDS, BackoffPolicy, ConfigError, IntakeMode, PollingConfig, ProducerConfig,
     TELEGRAM_API_URL, WebhookConfig, all_update_kinds,
 };
 pub use publisher::Publisher;
+pub use readiness::{KAFKA_CHECK, NoReadiness, Readiness, TELEGRAM_CHECK};
 pub use telegram::{BotClient, TelegramError};
 pub use webhook::{SECRET_HEADER, webhook_path};
 

@@ -1,5 +1,4 @@
-//! readiness — how a library (the producer, the consumer) tells its host which of its units can
-//! serve, without depending on the host's types or on each other.
+//! Readiness: how a component tells its host which of its units can serve.
 //!
 //! A [`Unit`] is anything whose readiness the host shows: a dependency (`postgres`, `kafka`,
 //! `telegram`) or a part built at run time (`bot #2`, `partition 7`). The library reports each
@@ -7,8 +6,8 @@
 //! withdraws a unit that no longer exists; the host (the admin server's `/readyz`) is ready iff
 //! every unit reported so far is ready.
 //!
-//! Guarantees: this crate has no dependencies and does no I/O; details and reasons are shown to
-//! operators, so reporters never put a secret in them. Reports may come after every batch or
+//! Guarantees: details and reasons are shown to operators, so reporters never put a secret in
+//! them. Reports may come after every batch or
 //! request: implementations must be cheap and must not block.
 
 use std::borrow::Cow;
