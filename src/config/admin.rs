@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// Where the admin server (health, readiness, metrics) listens.
 #[derive(Debug, Clone, clap::Args)]

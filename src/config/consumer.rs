@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{
-    AdminArgs, CheckConfig, ConfigError, DatabaseArgs, Env, KafkaArgs, validate_kafka_client,
-};
+use super::admin::AdminArgs;
+use super::check::CheckConfig;
+use super::database::DatabaseArgs;
+use super::env::Env;
+use super::error::ConfigError;
+use super::kafka::{KafkaArgs, validate_kafka_client};
 use ::consumer::config::Setting;
 
 #[derive(Debug, Args)]

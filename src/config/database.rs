@@ -10,7 +10,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
-use super::{ConfigError, Env, secret};
+use super::env::{Env, secret};
+use super::error::ConfigError;
 
 /// PostgreSQL settings. The URL is a secret (it may carry a password).
 #[derive(Debug, Clone, clap::Args)]
@@ -120,7 +121,7 @@ pub fn parse_database_url(url: &str) -> Result<PgConnectOptions, ConfigError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::config::test_env;
+    use crate::config::env::test_env;
 
     #[test]
     fn a_bad_database_url_is_named_without_echoing_the_password() {

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::{
-    CheckConfig, ConfigError, DatabaseArgs, EmbeddedKafka, Env, KafkaArgs, KafkaConfig, bot_tokens,
-    secret,
-};
+use super::check::CheckConfig;
+use super::database::DatabaseArgs;
+use super::env::{Env, secret};
+use super::error::ConfigError;
+use super::kafka::{EmbeddedKafka, KafkaArgs, KafkaConfig};
+use super::producer::bot_tokens;
 
 /// The database the demo uses when DATABASE_URL is not set: a local PostgreSQL, trust auth.
 pub const DEMO_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tgingest_demo";

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use rdkafka::ClientConfig;
 use secrecy::ExposeSecret;
 
-use super::{ConfigError, Env, secret};
+use super::env::{Env, secret};
+use super::error::ConfigError;
 
 /// Kafka client settings shared by the producer, the consumer and the operator commands.
 #[derive(Debug, Clone, clap::Args)]
@@ -253,7 +254,7 @@ pub fn validate_kafka_client(config: &KafkaConfig) -> Result<(), ConfigError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::config::test_env;
+    use crate::config::env::test_env;
 
     fn kafka_args() -> KafkaArgs {
         KafkaArgs {

@@ -10,7 +10,11 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{AdminArgs, CheckConfig, ConfigError, Env, KafkaArgs, secret, validate_kafka_client};
+use super::admin::AdminArgs;
+use super::check::CheckConfig;
+use super::env::{Env, secret};
+use super::error::ConfigError;
+use super::kafka::{KafkaArgs, validate_kafka_client};
 use ::producer::config::Setting;
 
 #[derive(Debug, Args)]
@@ -204,7 +208,7 @@ pub fn bot_tokens(env: &dyn Env) -> Result<Vec<SecretString>, ConfigError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::config::test_env;
+    use crate::config::env::test_env;
 
     #[test]
     fn a_malformed_token_is_named_by_position_not_by_value() {
