@@ -1,9 +1,11 @@
-//! The admin HTTP server: `/healthz` (the process is alive and serving), `/readyz` (every
-//! dependency the component registered is reachable) and `/metrics` (Prometheus text format).
+//! The admin HTTP server: `/healthz` (the process is alive and serving), `/readyz` (every unit
+//! the component reported is ready) and `/metrics` (Prometheus text format).
 //!
-//! Components own named readiness checks in a shared [`Readiness`] and flip them as their
-//! connections come and go; `/readyz` answers 200 only when every registered check is ready, and
-//! lists the failing ones otherwise, so a Kubernetes probe and a human read the same answer.
+//! Components report named units (dependencies such as `postgres`, parts built at run time such
+//! as `bot #2`) to a shared [`Readiness`] through the workspace's readiness contract
+//! ([`component::Readiness`]) as their connections come and go. `/readyz` answers 200 only when
+//! every unit is ready, listing each unit with its detail; otherwise 503, listing the units that
+//! are not ready and why, so a Kubernetes probe and a human read the same answer.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,47 +16,80 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use component::Unit;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Named readiness flags shared between the components and the admin server.
+/// What a unit last reported: `Ok(detail)` when ready, `Err(reason)` when not.
+type UnitState = Result<String, String>;
+
+/// Units by name, each with its detail (ready) or reason (not ready), in name order.
+pub type UnitReports = Vec<(String, String)>;
+
+/// The readiness of every reported unit, shared between the components and the admin server.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    checks: Arc<Mutex<BTreeMap<&'static str, Result<(), String>>>>,
+    units: Arc<Mutex<BTreeMap<Unit, UnitState>>>,
 }
 
 impl Readiness {
-    /// Registers a check, initially not ready.
-    pub fn register(&self, name: &'static str) {
-        self.lock().insert(name, Err("starting".into()));
+    /// Registers a unit, initially not ready.
+    pub fn register(&self, unit: impl Into<Unit>) {
+        self.lock().insert(unit.into(), Err("starting".into()));
     }
 
-    pub fn set_ready(&self, name: &'static str) {
-        self.lock().insert(name, Ok(()));
+    pub fn set_ready(&self, unit: impl Into<Unit>) {
+        self.lock().insert(unit.into(), Ok(String::new()));
     }
 
-    pub fn set_not_ready(&self, name: &'static str, reason: impl Into<String>) {
-        self.lock().insert(name, Err(reason.into()));
+    pub fn set_not_ready(&self, unit: impl Into<Unit>, reason: impl Into<String>) {
+        self.lock().insert(unit.into(), Err(reason.into()));
     }
 
-    /// Ok when every registered check is ready; otherwise the failing checks and why.
-    pub fn status(&self) -> Result<(), Vec<(String, String)>> {
-        let failing: Vec<_> = self
-            .lock()
+    /// Ok with every unit and its detail when every unit is ready; otherwise the units that are
+    /// not ready and why.
+    pub fn status(&self) -> Result<UnitReports, UnitReports> {
+        let units = self.lock();
+        let failing: Vec<_> = units
             .iter()
-            .filter_map(|(name, state)| state.as_ref().err().map(|r| (name.to_string(), r.clone())))
+            .filter_map(|(unit, state)| state.as_ref().err().map(|r| (unit.to_string(), r.clone())))
             .collect();
         if failing.is_empty() {
-            Ok(())
+            Ok(units
+                .iter()
+                .map(|(unit, state)| (unit.to_string(), state.clone().unwrap_or_default()))
+                .collect())
         } else {
             Err(failing)
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Result<(), String>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Unit, UnitState>> {
         // A panic while holding this lock cannot leave the map inconsistent: keep serving.
-        self.checks.lock().unwrap_or_else(|p| p.into_inner())
+        self.units.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl component::Readiness for Readiness {
+    fn ready(&self, unit: &Unit, detail: &str) {
+        // Reported after every batch: update in place rather than allocate a key each time.
+        let mut units = self.lock();
+        match units.get_mut(unit) {
+            Some(Ok(current)) if current == detail => {}
+            Some(state) => *state = Ok(detail.to_owned()),
+            None => {
+                units.insert(unit.clone(), Ok(detail.to_owned()));
+            }
+        }
+    }
+
+    fn not_ready(&self, unit: &Unit, reason: &str) {
+        self.lock().insert(unit.clone(), Err(reason.to_owned()));
+    }
+
+    fn withdraw(&self, unit: &Unit) {
+        self.lock().remove(unit);
     }
 }
 
@@ -112,7 +147,14 @@ fn router(state: AdminState) -> Router {
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     match state.readiness.status() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Ok(units) => {
+            let mut body = "ready\n".to_string();
+            for (unit, detail) in units {
+                let detail = if detail.is_empty() { "ready" } else { &detail };
+                body.push_str(&format!("{unit}: {detail}\n"));
+            }
+            (StatusCode::OK, body)
+        }
         Err(failing) => {
             let lines: String = failing
                 .iter()
@@ -166,6 +208,10 @@ mod tests {
         readiness.set_ready("kafka");
         let response = reqwest::get(&url).await.unwrap();
         assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.text().await.unwrap(),
+            "ready\nkafka: ready\npostgres: ready\n"
+        );
         let health = reqwest::get(format!("http://{}/healthz", server.local_addr))
             .await
             .unwrap();
@@ -173,5 +219,27 @@ mod tests {
 
         token.cancel();
         server.stopped().await;
+    }
+
+    #[test]
+    fn units_built_at_run_time_are_listed_with_their_details_and_can_be_withdrawn() {
+        use component::Readiness as _;
+        let registry = Readiness::default();
+        registry.ready(&Unit::bot(2), "polling");
+        registry.ready(&Unit::fixed("kafka"), "");
+        registry.not_ready(&Unit::partition(7), "offsets unreadable");
+        assert_eq!(
+            registry.status(),
+            Err(vec![("partition 7".into(), "offsets unreadable".into())])
+        );
+
+        registry.withdraw(&Unit::partition(7));
+        assert_eq!(
+            registry.status(),
+            Ok(vec![
+                ("bot #2".into(), "polling".into()),
+                ("kafka".into(), String::new()),
+            ])
+        );
     }
 }

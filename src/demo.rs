@@ -26,41 +26,11 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseArgs, DatabaseConfig, Env, KafkaArgs, KafkaConfig, secret};
+use crate::config::{DatabaseConfig, DemoConfig, DemoKafka, KafkaConfig};
 use crate::db;
 
 /// The simulated bot's token: a well-formed value that no real bot has.
 const DEMO_TOKEN: &str = "7000000001:DEMO-simulated-token-not-a-real-bot";
-
-/// `tgingest demo` options.
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {
-    #[command(flatten)]
-    pub check: crate::cli::CheckConfig,
-    /// How long to generate traffic; the demo then drains and prints a summary. ctrl-c ends it
-    /// early the same way.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    /// Simulated updates per second.
-    #[arg(long, default_value_t = 200)]
-    pub rate: u32,
-    /// Simulated group chats (the first is a forum); a channel and private chats come on top.
-    #[arg(long, default_value_t = 4)]
-    pub chats: usize,
-    /// Simulated users.
-    #[arg(long, default_value_t = 60)]
-    pub users: usize,
-    /// Seed of the simulated traffic: the same seed sends the same updates.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Partitions of the embedded broker's topic.
-    #[arg(long, default_value_t = 12)]
-    pub partitions: i32,
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-}
 
 /// The simulated traffic the demo sends for a seed: first one malformed update (to show a dead
 /// letter), then `TrafficGenerator::next_update` for the rest. Tests regenerate it to check that
@@ -92,16 +62,11 @@ enum Telegram {
 }
 
 /// Runs the demo.
-pub async fn run(args: DemoArgs, env: &dyn Env, database: DatabaseConfig) -> anyhow::Result<()> {
-    let tokens = secret(env, "TELEGRAM_BOT_TOKENS")?;
-    let external_kafka = args.kafka.kafka_brokers.is_some();
-    if tokens.is_some() && !external_kafka {
+pub async fn run(config: DemoConfig, database: DatabaseConfig) -> anyhow::Result<()> {
+    if config.tokens.is_some() && matches!(config.kafka, DemoKafka::Embedded(_)) {
         bail!(
             "a real bot token needs a real broker: with the in-memory broker, updates confirmed to Telegram would be lost when the demo exits; set KAFKA_BROKERS or unset TELEGRAM_BOT_TOKENS"
         );
-    }
-    if args.rate == 0 {
-        return Err(crate::config::ConfigError::new("--rate", "must be at least 1").into());
     }
 
     let pool = prepare_database(&database).await?;
@@ -112,34 +77,34 @@ pub async fn run(args: DemoArgs, env: &dyn Env, database: DatabaseConfig) -> any
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let (embedded_cluster, kafka) = if external_kafka {
-        let kafka = args.kafka.resolve(env)?;
-        println!(
-            "Kafka: {} (topic {} must exist)",
-            kafka.client.get("bootstrap.servers").unwrap_or(""),
-            kafka.topic
-        );
-        (None, kafka)
-    } else {
-        let cluster = embedded_broker::MockClusterHost::start(1)?;
-        let kafka = args
-            .kafka
-            .resolve_with_brokers(env, cluster.bootstrap_servers())?;
-        // Each embedded broker starts empty, with offsets from 0, while the database persists:
-        // each run gets its own topic (and group), so records of different runs never share a
-        // (topic, partition, offset) identity in raw_updates and dead_letters.
-        let mut kafka = kafka;
-        kafka.topic = format!("{}.demo-{run_id}", kafka.topic);
-        cluster.create_topic(&kafka.topic, args.partitions)?;
-        println!(
-            "Kafka: embedded in-memory broker (librdkafka mock cluster), topic {} with {} partitions — for trials only: its data is gone when the demo exits",
-            kafka.topic, args.partitions
-        );
-        (Some(cluster), kafka)
+    let (embedded_cluster, kafka) = match config.kafka {
+        DemoKafka::External(kafka) => {
+            println!(
+                "Kafka: {} (topic {} must exist)",
+                kafka.client.get("bootstrap.servers").unwrap_or(""),
+                kafka.topic
+            );
+            (None, kafka)
+        }
+        DemoKafka::Embedded(embedded) => {
+            let cluster = embedded_broker::MockClusterHost::start(1)?;
+            let kafka = embedded.with_brokers(cluster.bootstrap_servers());
+            // Each embedded broker starts empty, with offsets from 0, while the database persists:
+            // each run gets its own topic (and group), so records of different runs never share a
+            // (topic, partition, offset) identity in raw_updates and dead_letters.
+            let mut kafka = kafka;
+            kafka.topic = format!("{}.demo-{run_id}", kafka.topic);
+            cluster.create_topic(&kafka.topic, config.partitions)?;
+            println!(
+                "Kafka: embedded in-memory broker (librdkafka mock cluster), topic {} with {} partitions — for trials only: its data is gone when the demo exits",
+                kafka.topic, config.partitions
+            );
+            (Some(cluster), kafka)
+        }
     };
 
-    let telegram = match tokens {
-        Some(_) => Telegram::Real(crate::cli::bot_tokens(env)?),
+    let telegram = match config.tokens {
+        Some(tokens) => Telegram::Real(tokens),
         None => {
             let api = BotApi::start(BotApiConfig::default()).await?;
             let traffic_config = TrafficConfig::default();
@@ -150,17 +115,17 @@ pub async fn run(args: DemoArgs, env: &dyn Env, database: DatabaseConfig) -> any
             println!(
                 "Telegram: simulated Bot API at {} ({} updates/s, {} groups, a channel, private chats, {} users, seed {})",
                 api.base_url(),
-                args.rate,
-                args.chats,
-                args.users,
-                args.seed
+                config.rate,
+                config.chats,
+                config.users,
+                config.seed
             );
             Telegram::Simulated(Arc::new(api))
         }
     };
 
     let sent = Arc::new(AtomicU64::new(0));
-    let mut traffic = simulated_traffic(args.seed, args.chats, args.users);
+    let mut traffic = simulated_traffic(config.seed, config.chats, config.users);
     if let Telegram::Simulated(api) = &telegram {
         for update in opening_updates(&mut traffic) {
             api.push_update(DEMO_TOKEN, update)?;
@@ -197,7 +162,7 @@ pub async fn run(args: DemoArgs, env: &dyn Env, database: DatabaseConfig) -> any
         Telegram::Simulated(api) => Some(tokio::spawn(send_traffic(
             api.clone(),
             traffic,
-            args.rate,
+            config.rate,
             sent.clone(),
             traffic_stop.clone(),
         ))),
@@ -206,7 +171,7 @@ pub async fn run(args: DemoArgs, env: &dyn Env, database: DatabaseConfig) -> any
 
     let watermarks = watermark_client(&kafka)?;
     let progress = Progress::new(&pool, &kafka.topic, &group);
-    let deadline = Instant::now() + args.duration;
+    let deadline = Instant::now() + config.duration;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -254,9 +219,9 @@ pub async fn run(args: DemoArgs, env: &dyn Env, database: DatabaseConfig) -> any
         println!(
             "simulated Telegram sent {} updates (seed {}, {} groups, {} users)",
             sent.load(Ordering::Relaxed),
-            args.seed,
-            args.chats,
-            args.users
+            config.seed,
+            config.chats,
+            config.users
         );
     }
     print_summary(&pool, &database, &kafka.topic).await?;

@@ -16,24 +16,6 @@ use crate::admin_server::{AdminServer, Readiness};
 use crate::shutdown::install_signal_handlers;
 use crate::telemetry;
 
-impl consumer::Readiness for Readiness {
-    fn ready(&self, check: &'static str) {
-        self.set_ready(check);
-    }
-    fn not_ready(&self, check: &'static str, reason: String) {
-        self.set_not_ready(check, reason);
-    }
-}
-
-impl producer::ReadinessReporter for Readiness {
-    fn ready(&self, check: &'static str) {
-        self.set_ready(check);
-    }
-    fn not_ready(&self, check: &'static str, reason: &str) {
-        self.set_not_ready(check, reason);
-    }
-}
-
 /// Runs `component` until it returns, serving the admin endpoints on `admin` meanwhile.
 pub async fn run_service<F, Fut>(
     name: &'static str,

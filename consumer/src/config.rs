@@ -193,36 +193,48 @@ impl ConsumerConfig {
     /// Checks the settings the protocol depends on; the error names the offending setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.group_id.trim().is_empty() {
-            return Err(ConfigError::new("group_id", "must not be empty"));
+            return Err(ConfigError::new(Setting::GroupId, "must not be empty"));
         }
         if self.topic.trim().is_empty() {
-            return Err(ConfigError::new("topic", "must not be empty"));
+            return Err(ConfigError::new(Setting::Topic, "must not be empty"));
         }
         if self
             .client
             .get("bootstrap.servers")
             .is_none_or(str::is_empty)
         {
-            return Err(ConfigError::new("bootstrap.servers", "must be set"));
+            return Err(ConfigError::new(
+                Setting::ClientProperty("bootstrap.servers"),
+                "must be set",
+            ));
         }
         if self.batch_max_records == 0 {
-            return Err(ConfigError::new("batch_max_records", "must be at least 1"));
+            return Err(ConfigError::new(
+                Setting::BatchMaxRecords,
+                "must be at least 1",
+            ));
         }
         if self.batch_max_bytes == 0 {
-            return Err(ConfigError::new("batch_max_bytes", "must be at least 1"));
+            return Err(ConfigError::new(
+                Setting::BatchMaxBytes,
+                "must be at least 1",
+            ));
         }
         if self.max_inflight_bytes == 0 {
-            return Err(ConfigError::new("max_inflight_bytes", "must be at least 1"));
+            return Err(ConfigError::new(
+                Setting::MaxInflightBytes,
+                "must be at least 1",
+            ));
         }
         if self.statement_timeout < Duration::from_millis(100) {
             return Err(ConfigError::new(
-                "statement_timeout",
+                Setting::StatementTimeout,
                 "must be at least 100ms",
             ));
         }
         if self.retry.initial.is_zero() || self.retry.max < self.retry.initial {
             return Err(ConfigError::new(
-                "retry",
+                Setting::Retry,
                 "initial must be positive and max at least initial",
             ));
         }
@@ -236,7 +248,7 @@ impl ConsumerConfig {
                 && value != required
             {
                 return Err(ConfigError::new(
-                    key,
+                    Setting::ClientProperty(key),
                     format!(
                         "must be {required} (the database is the offset store of record), not {value}"
                     ),
@@ -297,24 +309,51 @@ impl ConsumerConfig {
     }
 }
 
-/// A setting that cannot work, named.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{setting}: {reason}")]
-pub struct ConfigError {
-    /// The setting's name.
-    pub setting: String,
-    /// What is wrong with it.
-    pub reason: String,
+/// A setting [`ConsumerConfig::validate`] can refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// [`ConsumerConfig::group_id`].
+    GroupId,
+    /// [`ConsumerConfig::topic`].
+    Topic,
+    /// [`ConsumerConfig::batch_max_records`].
+    BatchMaxRecords,
+    /// [`ConsumerConfig::batch_max_bytes`].
+    BatchMaxBytes,
+    /// [`ConsumerConfig::max_inflight_bytes`].
+    MaxInflightBytes,
+    /// [`ConsumerConfig::statement_timeout`].
+    StatementTimeout,
+    /// [`ConsumerConfig::retry`].
+    Retry,
+    /// A librdkafka property of [`ConsumerConfig::client`], by its librdkafka name.
+    ClientProperty(&'static str),
 }
 
-impl ConfigError {
-    fn new(setting: &str, reason: impl Into<String>) -> Self {
-        Self {
-            setting: setting.to_owned(),
-            reason: reason.into(),
+impl Setting {
+    /// The setting's name in this library's configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Setting::GroupId => "group_id",
+            Setting::Topic => "topic",
+            Setting::BatchMaxRecords => "batch_max_records",
+            Setting::BatchMaxBytes => "batch_max_bytes",
+            Setting::MaxInflightBytes => "max_inflight_bytes",
+            Setting::StatementTimeout => "statement_timeout",
+            Setting::Retry => "retry",
+            Setting::ClientProperty(property) => property,
         }
     }
 }
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A setting that cannot work, named by its [`Setting`].
+pub type ConfigError = component::ConfigError<Setting>;
 
 #[cfg(test)]
 mod tests {
@@ -336,7 +375,7 @@ mod tests {
         let mut config = config();
         config.client.set("enable.auto.commit", "true");
         let err = config.validate().expect_err("auto commit must be refused");
-        assert_eq!(err.setting, "enable.auto.commit");
+        assert_eq!(err.setting, Setting::ClientProperty("enable.auto.commit"));
     }
 
     #[test]
@@ -383,7 +422,7 @@ mod tests {
         let err = config
             .validate()
             .expect_err("a zero budget must be refused");
-        assert_eq!(err.setting, "max_inflight_bytes");
+        assert_eq!(err.setting, Setting::MaxInflightBytes);
     }
 
     #[test]

@@ -86,11 +86,11 @@ impl ClientContext for SinkContext {
             .values()
             .any(|b| b.nodeid >= 0 && b.state == "UP");
         if brokers_up {
-            self.shared.readiness.ready(CHECK_KAFKA);
+            self.shared.readiness.ready(CHECK_KAFKA, "");
         } else {
             self.shared
                 .readiness
-                .not_ready(CHECK_KAFKA, "no broker connection is up".to_owned());
+                .not_ready(CHECK_KAFKA, "no broker connection is up");
         }
         let Some(topic) = statistics.topics.get(&*self.shared.topic) else {
             return;
@@ -115,7 +115,7 @@ impl ClientContext for SinkContext {
         ) {
             self.shared
                 .readiness
-                .not_ready(CHECK_KAFKA, "all brokers are down".to_owned());
+                .not_ready(CHECK_KAFKA, "all brokers are down");
         }
         tracing::warn!("librdkafka: {error}: {reason}");
     }
@@ -219,7 +219,7 @@ impl SinkContext {
                 old.cancel.cancel();
             }
         }
-        shared.readiness.ready(CHECK_KAFKA);
+        shared.readiness.ready(CHECK_KAFKA, "");
     }
 
     /// The ownership statement, retried until it succeeds or the consumer shuts down.

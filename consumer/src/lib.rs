@@ -83,7 +83,7 @@ pub async fn run_with_stats(
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid consumer configuration: {e}"))?;
-    readiness.not_ready(readiness::CHECK_KAFKA, "not yet in the group".to_owned());
+    readiness.not_ready(readiness::CHECK_KAFKA, "not yet in the group");
     for table in PROTOCOL_TABLES {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(*table)
@@ -99,7 +99,7 @@ pub async fn run_with_stats(
             .await
             .context("checking the projection tables")?,
     );
-    readiness.ready(readiness::CHECK_POSTGRES);
+    readiness.ready(readiness::CHECK_POSTGRES, "");
 
     let writer = writer::BatchWriter::new(
         pool.clone(),
@@ -179,12 +179,11 @@ async fn probe_postgres(pool: PgPool, readiness: Arc<dyn Readiness>, shutdown: C
         )
         .await;
         match probe {
-            Ok(Ok(_)) => readiness.ready(readiness::CHECK_POSTGRES),
-            Ok(Err(e)) => readiness.not_ready(readiness::CHECK_POSTGRES, format!("{e}")),
-            Err(_) => readiness.not_ready(
-                readiness::CHECK_POSTGRES,
-                "no answer to SELECT 1 within 5s".to_owned(),
-            ),
+            Ok(Ok(_)) => readiness.ready(readiness::CHECK_POSTGRES, ""),
+            Ok(Err(e)) => readiness.not_ready(readiness::CHECK_POSTGRES, &e.to_string()),
+            Err(_) => {
+                readiness.not_ready(readiness::CHECK_POSTGRES, "no answer to SELECT 1 within 5s")
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::{InflightBudget, Reservation};
 use crate::config::RetryPolicy;
 use crate::offsets::{OffsetStore, Ownership, StoredOffset};
-use crate::readiness::Readiness;
+use crate::readiness::{CHECK_POSTGRES, Readiness};
 use crate::record::ConsumedRecord;
 use crate::stats::ConsumerStats;
 use crate::writer::{BatchWriter, PreparedRecord, WriteError};
@@ -433,14 +433,14 @@ impl<L: PartitionLog> PartitionWorker<L> {
                         next_offset = self.owner.next_offset,
                         "batch committed"
                     );
-                    self.readiness.ready("postgres");
+                    self.readiness.ready(CHECK_POSTGRES, "");
                     self.after_commit().await;
                     break Flow::Continue;
                 }
                 Err(WriteError::Transient(e)) => {
                     self.stats.transient_error();
                     self.readiness
-                        .not_ready("postgres", format!("batch write failing: {e}"));
+                        .not_ready(CHECK_POSTGRES, &format!("batch write failing: {e}"));
                     tracing::warn!(attempt, "transient error writing a batch, retrying: {e}");
                     if !paused {
                         paused = self.set_paused(true);
@@ -518,7 +518,7 @@ impl<L: PartitionLog> PartitionWorker<L> {
                 Flow::Continue
             }
             Ok(Some(_)) => {
-                self.readiness.ready("postgres");
+                self.readiness.ready(CHECK_POSTGRES, "");
                 Flow::Continue
             }
             Ok(None) => {
@@ -527,7 +527,7 @@ impl<L: PartitionLog> PartitionWorker<L> {
             }
             Err(e) => {
                 self.readiness
-                    .not_ready("postgres", format!("cannot read offsets: {e}"));
+                    .not_ready(CHECK_POSTGRES, &format!("cannot read offsets: {e}"));
                 tracing::warn!("re-reading the offsets row failed: {e}");
                 Flow::Continue
             }

@@ -69,36 +69,41 @@ impl ProducerConfig {
     /// Checks the rules that span fields; the error names the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.tokens.is_empty() {
-            return Err(ConfigError(
-                "tokens: at least one bot token is required".into(),
+            return Err(ConfigError::new(
+                Setting::Tokens,
+                "at least one bot token is required",
             ));
         }
         if self.topic.is_empty() {
-            return Err(ConfigError("topic: must not be empty".into()));
+            return Err(ConfigError::new(Setting::Topic, "must not be empty"));
         }
         if self.message_max_bytes < 4096 {
-            return Err(ConfigError(
-                "message_max_bytes: must be at least 4096".into(),
+            return Err(ConfigError::new(
+                Setting::MessageMaxBytes,
+                "must be at least 4096",
             ));
         }
         if self.delivery_timeout < Duration::from_millis(100) {
-            return Err(ConfigError(
-                "delivery_timeout: must be at least 100 ms".into(),
+            return Err(ConfigError::new(
+                Setting::DeliveryTimeout,
+                "must be at least 100 ms",
             ));
         }
         if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
-            return Err(ConfigError(
-                "backoff: initial must be positive and not above max".into(),
+            return Err(ConfigError::new(
+                Setting::Backoff,
+                "initial must be positive and not above max",
             ));
         }
         match &self.mode {
             IntakeMode::Polling(polling) => {
                 if !(1..=100).contains(&polling.limit) {
-                    return Err(ConfigError("polling.limit: must be 1..=100".into()));
+                    return Err(ConfigError::new(Setting::PollingLimit, "must be 1..=100"));
                 }
                 if polling.request_timeout() <= polling.timeout {
-                    return Err(ConfigError(
-                        "polling.request_timeout: must be longer than the long-poll timeout".into(),
+                    return Err(ConfigError::new(
+                        Setting::PollingRequestTimeout,
+                        "must be longer than the long-poll timeout",
                     ));
                 }
             }
@@ -106,7 +111,10 @@ impl ProducerConfig {
                 if let Some(url) = &webhook.public_url
                     && url.cannot_be_a_base()
                 {
-                    return Err(ConfigError("webhook.public_url: not a base URL".into()));
+                    return Err(ConfigError::new(
+                        Setting::WebhookPublicUrl,
+                        "not a base URL",
+                    ));
                 }
             }
         }
@@ -229,10 +237,51 @@ impl Default for BackoffPolicy {
     }
 }
 
-/// A configuration rule was broken; the message names the setting.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
+/// A setting [`ProducerConfig::validate`] can refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// [`ProducerConfig::tokens`].
+    Tokens,
+    /// [`ProducerConfig::topic`].
+    Topic,
+    /// [`ProducerConfig::message_max_bytes`].
+    MessageMaxBytes,
+    /// [`ProducerConfig::delivery_timeout`].
+    DeliveryTimeout,
+    /// [`ProducerConfig::backoff`].
+    Backoff,
+    /// [`PollingConfig::limit`].
+    PollingLimit,
+    /// [`PollingConfig::request_timeout`].
+    PollingRequestTimeout,
+    /// [`WebhookConfig::public_url`].
+    WebhookPublicUrl,
+}
+
+impl Setting {
+    /// The setting's name in this library's configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Setting::Tokens => "tokens",
+            Setting::Topic => "topic",
+            Setting::MessageMaxBytes => "message_max_bytes",
+            Setting::DeliveryTimeout => "delivery_timeout",
+            Setting::Backoff => "backoff",
+            Setting::PollingLimit => "polling.limit",
+            Setting::PollingRequestTimeout => "polling.request_timeout",
+            Setting::WebhookPublicUrl => "webhook.public_url",
+        }
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A setting that cannot work, named by its [`Setting`].
+pub type ConfigError = component::ConfigError<Setting>;
 
 /// [`ALL_UPDATE_KINDS`] as owned strings.
 pub fn all_update_kinds() -> Vec<String> {

@@ -42,7 +42,7 @@ pub use config::{
     TELEGRAM_API_URL, WebhookConfig, all_update_kinds,
 };
 pub use publisher::Publisher;
-pub use readiness::{KAFKA_CHECK, NoReadiness, ReadinessReporter, TELEGRAM_CHECK};
+pub use readiness::{KAFKA_CHECK, NoReadiness, Readiness, TELEGRAM_CHECK};
 pub use telegram::{BotClient, TelegramError};
 pub use webhook::{SECRET_HEADER, webhook_path};
 
@@ -61,7 +61,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(
     config: ProducerConfig,
     shutdown: CancellationToken,
-    readiness: Arc<dyn ReadinessReporter>,
+    readiness: Arc<dyn Readiness>,
 ) -> anyhow::Result<()> {
     config.validate()?;
     metrics::describe();
@@ -75,7 +75,7 @@ pub async fn run(
     let Some(bots) = connect_bots(&config, http_timeout, &shutdown).await? else {
         return Ok(());
     };
-    readiness.ready(TELEGRAM_CHECK);
+    readiness.ready(TELEGRAM_CHECK, "");
 
     let publisher = Arc::new(Publisher::new(&config, Arc::clone(&readiness))?);
     if let Err(error) = publisher.check_topic(&shutdown).await {

@@ -21,7 +21,7 @@ use crate::backoff::Backoff;
 use crate::config::{BackoffPolicy, PollingConfig};
 use crate::metrics;
 use crate::publisher::Publisher;
-use crate::readiness::{ReadinessReporter, TELEGRAM_CHECK};
+use crate::readiness::{Readiness, TELEGRAM_CHECK};
 use crate::telegram::{BotClient, SHORT_CALL_TIMEOUT, TelegramError};
 use crate::update::{OutgoingRecord, record_for};
 
@@ -37,7 +37,7 @@ pub(crate) struct PollContext {
     pub(crate) backoff: BackoffPolicy,
     pub(crate) message_max_bytes: usize,
     pub(crate) publisher: Arc<Publisher>,
-    pub(crate) readiness: Arc<dyn ReadinessReporter>,
+    pub(crate) readiness: Arc<dyn Readiness>,
 }
 
 /// Polls one bot until `shutdown`, then confirms what was published.
@@ -128,7 +128,7 @@ impl Poller {
             self.conflicts = 0;
         }
         self.backoff.reset();
-        self.context.readiness.ready(TELEGRAM_CHECK);
+        self.context.readiness.ready(TELEGRAM_CHECK, "");
         if let Some(offset) = self.offset {
             metrics::last_confirmed(self.bot.id, offset - 1);
         }

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::{BackoffPolicy, ProducerConfig};
 use crate::metrics;
-use crate::readiness::{KAFKA_CHECK, ReadinessReporter};
+use crate::readiness::{KAFKA_CHECK, Readiness};
 use crate::update::{OutgoingRecord, envelope_for};
 
 /// How long to wait for room in librdkafka's queue before trying to enqueue again.
@@ -64,7 +64,7 @@ pub struct Publisher {
     current: Mutex<(u64, Arc<FutureProducer>)>,
     /// How long a replaced producer may stay in use by attempts in flight.
     retire_after: Duration,
-    readiness: Arc<dyn ReadinessReporter>,
+    readiness: Arc<dyn Readiness>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -80,10 +80,7 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// Builds the producer from the caller's client configuration plus the producer's own
     /// settings. Does not touch the network (see [`Publisher::check_topic`]).
-    pub fn new(
-        config: &ProducerConfig,
-        readiness: Arc<dyn ReadinessReporter>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(config: &ProducerConfig, readiness: Arc<dyn Readiness>) -> anyhow::Result<Self> {
         let mut client = config.client.clone();
         client
             .set("enable.idempotence", "true")
@@ -135,7 +132,7 @@ impl Publisher {
             .context("the metadata task panicked")?;
             match answer {
                 Ok(Some((None, partitions))) if partitions > 0 => {
-                    self.readiness.ready(KAFKA_CHECK);
+                    self.readiness.ready(KAFKA_CHECK, "");
                     return Ok(());
                 }
                 Ok(Some((Some(error), _)))
@@ -208,7 +205,7 @@ impl Publisher {
             .filter(|o| matches!(o, RecordOutcome::Failed(_)))
             .count();
         if failed == 0 {
-            self.readiness.ready(KAFKA_CHECK);
+            self.readiness.ready(KAFKA_CHECK, "");
         } else {
             ::metrics::counter!(metrics::PUBLISH_FAILURES).increment(1);
             let first = outcomes.iter().find_map(|o| match o {

@@ -1,27 +1,13 @@
-//! How the producer tells its host whether it is ready, without depending on the host's types.
+//! The units the producer reports to its host's readiness registry (the root binary's
+//! `/readyz`), through the workspace's one readiness contract ([`component::Readiness`]).
 //!
-//! The producer reports two named checks: [`TELEGRAM_CHECK`] (every bot answered getMe) and
+//! The producer reports two units: [`TELEGRAM_CHECK`] (every bot answered getMe) and
 //! [`KAFKA_CHECK`] (the topic exists and deliveries succeed). Both are reported not ready before
 //! startup begins, so a probe never sees "ready" for a producer that has not proven anything yet.
 
-/// Check name: every bot token was accepted by Telegram.
-pub const TELEGRAM_CHECK: &str = "telegram";
-/// Check name: the topic exists and the last publish attempt succeeded.
-pub const KAFKA_CHECK: &str = "kafka";
+pub use component::{NoReadiness, Readiness, Unit};
 
-/// Receives readiness changes (the root binary forwards them to `/readyz`).
-pub trait ReadinessReporter: Send + Sync + std::fmt::Debug {
-    /// `check` is ready.
-    fn ready(&self, check: &'static str);
-    /// `check` is not ready, and why (never contains a secret).
-    fn not_ready(&self, check: &'static str, reason: &str);
-}
-
-/// Discards every report (tests, tools).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoReadiness;
-
-impl ReadinessReporter for NoReadiness {
-    fn ready(&self, _check: &'static str) {}
-    fn not_ready(&self, _check: &'static str, _reason: &str) {}
-}
+/// Every bot token was accepted by Telegram.
+pub const TELEGRAM_CHECK: &Unit = &Unit::fixed("telegram");
+/// The topic exists and the last publish attempt succeeded.
+pub const KAFKA_CHECK: &Unit = &Unit::fixed("kafka");

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use botsim::{BotApi, BotApiConfig, BotInfo};
+use producer::readiness::Unit;
 use producer::{
-    BackoffPolicy, IntakeMode, NoReadiness, PollingConfig, ProducerConfig, ReadinessReporter,
-    WebhookConfig,
+    BackoffPolicy, IntakeMode, NoReadiness, PollingConfig, ProducerConfig, Readiness, WebhookConfig,
 };
 use secrecy::SecretString;
 use testkit::TestBroker;
@@ -138,7 +138,7 @@ impl RunningProducer {
         Self::spawn_with(config, Arc::new(NoReadiness))
     }
 
-    pub fn spawn_with(config: ProducerConfig, readiness: Arc<dyn ReadinessReporter>) -> Self {
+    pub fn spawn_with(config: ProducerConfig, readiness: Arc<dyn Readiness>) -> Self {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(producer::run(config, shutdown.clone(), readiness));
         Self {
@@ -259,26 +259,29 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 
 /// Records every readiness change, for tests that assert on them.
 #[derive(Debug, Default)]
-pub struct RecordingReadiness(std::sync::Mutex<Vec<(&'static str, bool)>>);
+pub struct RecordingReadiness(std::sync::Mutex<Vec<(Unit, bool)>>);
 
 impl RecordingReadiness {
-    /// Every change of `check`, in order (`true` = ready).
-    pub fn history(&self, check: &str) -> Vec<bool> {
+    /// Every change of `unit`, in order (`true` = ready).
+    pub fn history(&self, unit: &Unit) -> Vec<bool> {
         self.0
             .lock()
             .unwrap()
             .iter()
-            .filter(|(c, _)| *c == check)
+            .filter(|(u, _)| u == unit)
             .map(|(_, ready)| *ready)
             .collect()
     }
 }
 
-impl ReadinessReporter for RecordingReadiness {
-    fn ready(&self, check: &'static str) {
-        self.0.lock().unwrap().push((check, true));
+impl Readiness for RecordingReadiness {
+    fn ready(&self, unit: &Unit, _detail: &str) {
+        self.0.lock().unwrap().push((unit.clone(), true));
     }
-    fn not_ready(&self, check: &'static str, _reason: &str) {
-        self.0.lock().unwrap().push((check, false));
+    fn not_ready(&self, unit: &Unit, _reason: &str) {
+        self.0.lock().unwrap().push((unit.clone(), false));
+    }
+    fn withdraw(&self, _unit: &Unit) {
+        // The producer's units live as long as the producer: it withdraws none.
     }
 }
