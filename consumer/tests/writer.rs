@@ -2,12 +2,9 @@
 //! bad records, and order-independence of the written rows.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use consumer::ConsumerStats;
 use consumer::offsets::{OffsetStore, Ownership};
 use consumer::projection::ProjectionSchema;
@@ -16,6 +13,7 @@ use consumer::writer::{BatchWriter, PreparedRecord, WriteError};
 use proptest::prelude::*;
 use sqlx::PgPool;
 use testkit::TestDb;
+use testkit::updates::{BOT, edited, message};
 
 const TOPIC: &str = "tg.updates";
 const GROUP: &str = "sink";
