@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use sqlx::{AssertSqlSafe, Connection};
+use testkit::TestDb;
 
 use crate::child::{SystemUnderTest, consumer_env, tgingest_binary};
 use crate::kafka;
-use crate::pg::BenchDb;
+use crate::pg;
 use crate::procstat;
 use crate::report::{Table, thousands};
 use crate::workload::{Workload, WorkloadConfig, WorkloadProfile};
@@ -90,7 +91,7 @@ impl Drain {
 /// Waits until `progress_sql` (a single bigint) reaches `total`, timing from its first move.
 pub async fn measure_drain(
     sut: &mut SystemUnderTest,
-    db: &BenchDb,
+    db: &TestDb,
     progress_sql: &str,
     total: i64,
     timeout: Duration,
@@ -102,7 +103,7 @@ pub async fn measure_drain(
         sut.check_alive()?;
         // Before the system under test creates its tables the query fails: that is "0".
         let progress: i64 = sqlx::query_scalar(AssertSqlSafe(progress_sql.to_owned()))
-            .fetch_one(&db.pool)
+            .fetch_one(db.pool())
             .await
             .unwrap_or(0);
         let now = Instant::now();
@@ -111,12 +112,12 @@ pub async fn measure_drain(
                 now,
                 progress,
                 procstat::cpu_seconds(&pid)?,
-                db.backend_cpu_seconds().await?,
+                pg::backend_cpu_seconds(db).await?,
             ));
         }
         if progress >= total {
             let cpu = procstat::cpu_seconds(&pid)?;
-            let pg_cpu = db.backend_cpu_seconds().await?;
+            let pg_cpu = pg::backend_cpu_seconds(db).await?;
             let (t0, p0, cpu0, pg0) = first.unwrap_or((now, 0, cpu, pg_cpu));
             return Ok(Drain {
                 records: total - p0,
@@ -146,12 +147,12 @@ pub async fn drain_with_tgingest(
     bootstrap: &str,
     topic: &str,
     group: &str,
-    db: &BenchDb,
+    db: &TestDb,
     total: i64,
     extra_env: &[(&str, String)],
     log: &Path,
 ) -> anyhow::Result<Drain> {
-    let env = consumer_env(bootstrap, topic, group, &db.url, extra_env);
+    let env = consumer_env(bootstrap, topic, group, db.url(), extra_env);
     let mut sut = SystemUnderTest::spawn(
         "tgingest consumer",
         &tgingest_binary()?,
@@ -185,7 +186,7 @@ pub struct IdealLoad {
 
 /// Exports every row of [`DATA_TABLES`] from `source` and loads them into a fresh database
 /// with COPY, in `transactions` transactions; the fresh database is dropped afterwards.
-pub async fn ideal_copy(source: &BenchDb, transactions: usize) -> anyhow::Result<IdealLoad> {
+pub async fn ideal_copy(source: &TestDb, transactions: usize) -> anyhow::Result<IdealLoad> {
     let mut export = source.connect().await?;
     let mut tables: Vec<(&str, Vec<u8>, Vec<usize>)> = Vec::new();
     for table in DATA_TABLES {
@@ -211,7 +212,7 @@ pub async fn ideal_copy(source: &BenchDb, transactions: usize) -> anyhow::Result
     }
     export.close().await?;
 
-    let target = BenchDb::create().await?;
+    let target = pg::create().await?;
     let result = async {
         let mut conn = target.connect().await?;
         let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -274,7 +275,7 @@ pub async fn drain_with_python(
     bootstrap: &str,
     topic: &str,
     group: &str,
-    db: &BenchDb,
+    db: &TestDb,
     total: i64,
     log: &Path,
 ) -> anyhow::Result<Drain> {
@@ -284,7 +285,7 @@ pub async fn drain_with_python(
         ("KAFKA_BROKERS".to_owned(), bootstrap.to_owned()),
         ("KAFKA_TOPIC".to_owned(), topic.to_owned()),
         ("KAFKA_GROUP_ID".to_owned(), group.to_owned()),
-        ("DATABASE_URL".to_owned(), db.url.clone()),
+        ("DATABASE_URL".to_owned(), db.url().to_owned()),
     ];
     let mut sut = SystemUnderTest::spawn(
         "python baseline",
@@ -393,7 +394,7 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
             kafka::broker_drain_seconds(&bootstrap, &pre.topic, pre.partitions, pre.total)?;
         let broker_rate = pre.total as f64 / broker_seconds;
 
-        let db = BenchDb::create().await?;
+        let db = pg::create().await?;
         let sink = drain_with_tgingest(
             &bootstrap,
             &pre.topic,
@@ -404,7 +405,7 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
             &settings.log_dir.join("sink-tgingest.log"),
         )
         .await?;
-        let counts = db.row_counts(DATA_TABLES).await?;
+        let counts = pg::row_counts(&db, DATA_TABLES).await?;
         let rows: i64 = counts.iter().map(|(_, n)| n).sum();
         if rep == 1 {
             for (t, n) in &counts {
@@ -413,12 +414,8 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
         }
         let ideal = ideal_copy(&db, transactions).await?;
         db.drop_database().await?;
-        let tcp = if settings.tcp_comparison && crate::pg::unix_socket_dir().is_some() {
-            let db = BenchDb::create().await?;
-            let tcp_db = BenchDb {
-                url: db.tcp_url.clone(),
-                ..db
-            };
+        let tcp = if settings.tcp_comparison && pg::unix_socket_dir().is_some() {
+            let tcp_db = pg::tcp_server().create_db().await?;
             let drain = drain_with_tgingest(
                 &bootstrap,
                 &pre.topic,
@@ -446,7 +443,7 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
         let na = || "n/a".to_owned();
         let python = match &settings.python {
             Some(python) => {
-                let db = BenchDb::create_empty().await?;
+                let db = pg::create_empty().await?;
                 let drain = drain_with_python(
                     python,
                     &bootstrap,
@@ -534,7 +531,7 @@ pub async fn scaling(
             let load = procstat::load_average();
             let broker_seconds =
                 kafka::broker_drain_seconds(&bootstrap, &pre.topic, partitions, pre.total)?;
-            let db = BenchDb::create().await?;
+            let db = pg::create().await?;
             let drain = drain_with_tgingest(
                 &bootstrap,
                 &pre.topic,
