@@ -8,13 +8,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consumer::check::{InvariantChecker, ProducedRecord};
 use consumer::record::ConsumedRecord;
 use consumer::writer::{BatchWriter, PreparedRecord};
 use consumer::{ConsumerStats, OffsetStore};
 use processor::wire::{self, EnvelopeReason, Subject, header};
 use sqlx::PgPool;
 use testkit::TestDb;
+use testkit::invariants::{InvariantChecker, ProducedRecord};
 use tgingest::dlq::{self, ListFilter, Selection};
 use tgingest::replay::Progress;
 

@@ -7,12 +7,13 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use botsim::{BotApi, BotApiConfig, BotInfo};
 use nix::sys::signal::Signal;
 use processor::wire::header;
 use testkit::TestBroker;
+use testkit::eventually;
 use testkit::process::ChildProcess;
 
 const TOKEN: &str = "7000000001:AAHprocessTESTtokenZZZZZZZZZZZZZZZZZ";
@@ -32,17 +33,6 @@ fn producer(api: &BotApi, broker: &TestBroker, topic: &str, failpoints: Option<&
         testkit::process::with_failpoints(&mut cmd, spec);
     }
     cmd
-}
-
-async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    condition()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +103,8 @@ async fn a_producer_process_killed_between_ack_and_confirm_loses_nothing_broker(
     .expect("spawn");
     let last = *ids.last().expect("ids");
     assert!(
-        eventually(Duration::from_secs(30), || api.confirmed_offset(TOKEN)
+        eventually(Duration::from_secs(30), async || api
+            .confirmed_offset(TOKEN)
             == Some(last + 1))
         .await,
         "the restarted producer never confirmed: {}",

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consumer::ConsumerStats;
-use consumer::check::InvariantChecker;
 use processor::wire::{self, Subject, header};
 use sqlx::PgPool;
 use testkit::TestDb;
+use testkit::invariants::InvariantChecker;
+use testkit::sink::{log_ends, stored_offsets, wait_for_log_end, wait_for_offsets};
+use testkit::updates::{BOT, Outgoing, edited, message, produce, produce_with, producer};
+use testkit::wait_until;
 use tgingest::replay::{self, Progress, ReplayTarget};
 use tokio_util::sync::CancellationToken;
 
@@ -100,14 +103,15 @@ async fn broker_replay_to_earliest_during_live_traffic_rewrites_no_row_and_the_c
     let history: Vec<Outgoing> = (0..240)
         .map(|i| {
             let chat = -1_002_000_000_000 - (i % 20);
-            Outgoing::new(
+            Outgoing::update(
                 (i % 3) as i32,
-                1_000 + i,
                 chat,
+                1_000 + i,
                 message(
                     1_000 + i,
                     chat,
                     200_000 + (i % 30),
+                    1_000 + i,
                     1_760_000_000 + i,
                     &format!("h{i}"),
                 ),
@@ -115,8 +119,8 @@ async fn broker_replay_to_earliest_during_live_traffic_rewrites_no_row_and_the_c
         })
         .collect();
     let mut manifest = produce(&broker.client_config(), &topic, &history).await;
-    let first = Running::start(config(&broker, &group, &topic), &db).await;
-    wait_for_offsets(db.pool(), &group, &log_ends(&manifest)).await;
+    let first = start_consumer(config(&broker, &group, &topic), &db).await;
+    wait_for_log_end(db.pool(), &group, &manifest, LOG_END_TIMEOUT).await;
     first.stop().await;
     let baseline_updates = updates_counted(db.pool()).await;
     let mut before = BTreeMap::new();
@@ -124,7 +128,7 @@ async fn broker_replay_to_earliest_during_live_traffic_rewrites_no_row_and_the_c
         before.insert(*table, rows(db.pool(), table).await);
     }
 
-    let running = Running::start(config(&broker, &group, &topic), &db).await;
+    let running = start_consumer(config(&broker, &group, &topic), &db).await;
     // Live traffic: each update has its own chat and user, so it only inserts rows.
     let client = broker.client_config();
     let live_topic = topic.clone();
@@ -140,14 +144,15 @@ async fn broker_replay_to_earliest_during_live_traffic_rewrites_no_row_and_the_c
             let batch: Vec<Outgoing> = (0..8)
                 .map(|j| {
                     let id = 50_000 + round * 8 + j;
-                    Outgoing::new(
+                    Outgoing::update(
                         (id % 3) as i32,
-                        id,
                         -1_003_000_000_000 - id,
+                        id,
                         message(
                             id,
                             -1_003_000_000_000 - id,
                             300_000 + id,
+                            id,
                             1_770_000_000 + id,
                             "live",
                         ),
@@ -195,7 +200,7 @@ async fn broker_replay_to_earliest_during_live_traffic_rewrites_no_row_and_the_c
 
     let live_manifest = live.await.unwrap();
     manifest.extend(live_manifest.iter().cloned());
-    wait_for_offsets(db.pool(), &group, &log_ends(&manifest)).await;
+    wait_for_log_end(db.pool(), &group, &manifest, LOG_END_TIMEOUT).await;
     let reread = running.consumed() - consumed_before;
     assert!(
         reread >= 240,
@@ -246,14 +251,15 @@ async fn broker_replay_by_time_rereads_exactly_the_records_at_or_after_that_time
         .flat_map(|p| {
             (0..30).map(move |i| {
                 let id = 10_000 + p * 100 + i;
-                let mut r = Outgoing::new(
+                let mut r = Outgoing::update(
                     p as i32,
-                    id,
                     -1_004_000_000_000 - p,
+                    id,
                     message(
                         id,
                         -1_004_000_000_000 - p,
                         400_000 + i,
+                        id,
                         1_760_000_000 + i,
                         "t",
                     ),
@@ -264,9 +270,9 @@ async fn broker_replay_by_time_rereads_exactly_the_records_at_or_after_that_time
         })
         .collect();
     let manifest = produce(&broker.client_config(), &topic, &records).await;
-    let running = Running::start(config(&broker, &group, &topic), &db).await;
+    let running = start_consumer(config(&broker, &group, &topic), &db).await;
     let ends = log_ends(&manifest);
-    wait_for_offsets(db.pool(), &group, &ends).await;
+    wait_for_offsets(db.pool(), &group, &ends, LOG_END_TIMEOUT).await;
 
     let cut = base + 17_500;
     let mut expected = BTreeMap::new();
@@ -333,7 +339,7 @@ async fn broker_replay_by_time_rereads_exactly_the_records_at_or_after_that_time
             "stored offset moved to the cut"
         );
     }
-    wait_for_offsets(db.pool(), &group, &ends).await;
+    wait_for_offsets(db.pool(), &group, &ends, LOG_END_TIMEOUT).await;
     // Let any further (wrong) re-read show up before counting.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let reread = running.consumed() - consumed_before;
@@ -353,43 +359,46 @@ async fn broker_a_processor_version_bump_and_replay_rewrite_exactly_the_affected
     // the same users in the same chat), and messages of another chat.
     let mut records = Vec::new();
     for i in 0..30_i64 {
-        records.push(Outgoing::new(
+        records.push(Outgoing::update(
             0,
-            20_000 + i,
             chat,
+            20_000 + i,
             message(
                 20_000 + i,
                 chat,
                 500_000 + i % 5,
+                20_000 + i,
                 1_760_000_000 + i,
                 &format!("m{i}"),
             ),
         ));
     }
     for i in (0..30_i64).step_by(3) {
-        records.push(Outgoing::new(
+        records.push(Outgoing::update(
             1,
-            30_000 + i,
             chat,
-            edit(
+            30_000 + i,
+            edited(
                 30_000 + i,
                 chat,
                 500_000 + i % 5,
                 20_000 + i,
                 1_760_000_000 + i,
                 1_760_001_000 + i,
+                &format!("edited {}", 20_000 + i),
             ),
         ));
     }
     for i in 0..10_i64 {
-        records.push(Outgoing::new(
+        records.push(Outgoing::update(
             1,
-            40_000 + i,
             chat - 1,
+            40_000 + i,
             message(
                 40_000 + i,
                 chat - 1,
                 600_000 + i,
+                40_000 + i,
                 1_760_000_500 + i,
                 "other",
             ),
@@ -397,8 +406,8 @@ async fn broker_a_processor_version_bump_and_replay_rewrite_exactly_the_affected
     }
     let manifest = produce(&broker.client_config(), &topic, &records).await;
     let ends = log_ends(&manifest);
-    let first = Running::start(config(&broker, &group, &topic), &db).await;
-    wait_for_offsets(db.pool(), &group, &ends).await;
+    let first = start_consumer(config(&broker, &group, &topic), &db).await;
+    wait_for_offsets(db.pool(), &group, &ends, LOG_END_TIMEOUT).await;
     first.stop().await;
 
     let old = processor::PROCESSOR_VERSION;
@@ -408,7 +417,7 @@ async fn broker_a_processor_version_bump_and_replay_rewrite_exactly_the_affected
     }
     let mut upgraded = config(&broker, &group, &topic);
     upgraded.processor_version = old + 1;
-    let running = Running::start(upgraded, &db).await;
+    let running = start_consumer(upgraded, &db).await;
     let plan = replay::plan(
         db.pool(),
         &broker.client_config(),
@@ -425,7 +434,7 @@ async fn broker_a_processor_version_bump_and_replay_rewrite_exactly_the_affected
     replay::apply(db.pool(), &plan, false).await.unwrap();
     wait_until(Duration::from_secs(45), "partition 0 re-read", || async {
         running.consumed() - consumed_before >= 30
-            && stored_offsets(db.pool(), &group).await.get(&0) == Some(&ends[&0])
+            && stored_offsets(db.pool(), &group).await.unwrap().get(&0) == Some(&ends[&0])
     })
     .await;
     running.stop().await;
@@ -514,19 +523,21 @@ async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_
     let records: Vec<consumer::writer::PreparedRecord> = (0..60_i64)
         .map(|i| {
             let bytes = if i % 4 == 3 {
-                edit(
+                edited(
                     70_000 + i,
                     chat,
                     700_000 + i % 7,
                     70_000 + i - 3,
                     1_760_000_000 + i - 3,
                     1_760_002_000 + i,
+                    &format!("edited {}", 70_000 + i - 3),
                 )
             } else {
                 message(
                     70_000 + i,
                     chat,
                     700_000 + i % 7,
+                    70_000 + i,
                     1_760_000_000 + i,
                     &format!("r{i}"),
                 )
@@ -628,14 +639,15 @@ async fn broker_the_replay_command_prints_a_dry_run_rewinds_without_touching_the
     let (db, broker, topic, group) = setup(2).await;
     let records: Vec<Outgoing> = (0..20_i64)
         .map(|i| {
-            Outgoing::new(
+            Outgoing::update(
                 (i % 2) as i32,
-                80_000 + i,
                 -1_007_000_000_000 - i % 2,
+                80_000 + i,
                 message(
                     80_000 + i,
                     -1_007_000_000_000 - i % 2,
                     800_000,
+                    80_000 + i,
                     1_760_000_000 + i,
                     "x",
                 ),
@@ -643,8 +655,8 @@ async fn broker_the_replay_command_prints_a_dry_run_rewinds_without_touching_the
         })
         .collect();
     let manifest = produce(&broker.client_config(), &topic, &records).await;
-    let running = Running::start(config(&broker, &group, &topic), &db).await;
-    wait_for_offsets(db.pool(), &group, &log_ends(&manifest)).await;
+    let running = start_consumer(config(&broker, &group, &topic), &db).await;
+    wait_for_log_end(db.pool(), &group, &manifest, LOG_END_TIMEOUT).await;
     running.stop().await;
     let row = |p: i32| {
         let pool = db.pool().clone();

@@ -8,6 +8,8 @@ use std::time::Duration;
 use processor::wire::{self, EnvelopeReason, Subject, header};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
+use testkit::sink::{log_ends, wait_for_offsets};
+use testkit::updates::{BOT, Outgoing, message, produce, producer};
 
 mod common;
 use common::*;
@@ -18,11 +20,18 @@ async fn broker_status_json_matches_the_state_the_test_built() {
     let chat = |p: i64| -1_009_000_000_000 - p;
     let consumed: Vec<Outgoing> = (0..12_i64)
         .map(|i| {
-            Outgoing::new(
+            Outgoing::update(
                 (i % 3) as i32,
-                90_000 + i,
                 chat(i % 3),
-                message(90_000 + i, chat(i % 3), 910_000, 1_760_000_000 + i, "s"),
+                90_000 + i,
+                message(
+                    90_000 + i,
+                    chat(i % 3),
+                    910_000,
+                    90_000 + i,
+                    1_760_000_000 + i,
+                    "s",
+                ),
             )
         })
         .collect();
@@ -56,26 +65,40 @@ async fn broker_status_json_matches_the_state_the_test_built() {
     let mut ends = log_ends(&manifest);
     ends.insert(0, delivered.offset + 1);
     ends.insert(3, 0);
-    let running = Running::start(config(&broker, &group, &topic), &db).await;
-    wait_for_offsets(db.pool(), &group, &ends).await;
+    let running = start_consumer(config(&broker, &group, &topic), &db).await;
+    wait_for_offsets(db.pool(), &group, &ends, LOG_END_TIMEOUT).await;
     running.stop().await;
 
     // Lag: 5 unconsumed records on partition 1; partition 3 gets 2 records and loses its row.
     let later: Vec<Outgoing> = (0..5_i64)
         .map(|i| {
-            Outgoing::new(
+            Outgoing::update(
                 1,
-                91_000 + i,
                 chat(1),
-                message(91_000 + i, chat(1), 910_000, 1_760_000_100 + i, "l"),
+                91_000 + i,
+                message(
+                    91_000 + i,
+                    chat(1),
+                    910_000,
+                    91_000 + i,
+                    1_760_000_100 + i,
+                    "l",
+                ),
             )
         })
         .chain((0..2_i64).map(|i| {
-            Outgoing::new(
+            Outgoing::update(
                 3,
-                92_000 + i,
                 chat(3),
-                message(92_000 + i, chat(3), 910_000, 1_760_000_200 + i, "n"),
+                92_000 + i,
+                message(
+                    92_000 + i,
+                    chat(3),
+                    910_000,
+                    92_000 + i,
+                    1_760_000_200 + i,
+                    "n",
+                ),
             )
         }))
         .collect();

@@ -23,7 +23,7 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{SystemUnderTest, consumer_env, tgingest_binary};
-use crate::pg::BenchDb;
+use crate::pg;
 use crate::procstat;
 use crate::report::Table;
 use crate::workload::{Workload, WorkloadConfig, percentile};
@@ -120,7 +120,7 @@ pub async fn measure(
     let broker = embedded_broker::MockClusterHost::start(1)?;
     let topic = "bench.latency";
     broker.create_topic(topic, 12)?;
-    let db = BenchDb::create().await?;
+    let db = pg::create().await?;
     let api = BotApi::start(BotApiConfig::default()).await?;
     let token = format!("{BOT}:bench-latency-token");
     api.add_bot(&token, BotInfo::new(BOT, "bench_latency_bot", "bench"));
@@ -156,7 +156,7 @@ pub async fn measure(
         broker.bootstrap_servers(),
         topic,
         "bench-latency",
-        &db.url,
+        db.url(),
         &extra,
     );
     let mut consumer = SystemUnderTest::spawn(
@@ -176,7 +176,7 @@ pub async fn measure(
     let mut workload = Workload::new(&wconfig)?;
     let low = Arc::new(AtomicI64::new(first_id));
     let stop_watch = CancellationToken::new();
-    let watcher = tokio::spawn(watch(db.url.clone(), low.clone(), stop_watch.clone()));
+    let watcher = tokio::spawn(watch(db.url().to_owned(), low.clone(), stop_watch.clone()));
     let mut pushed: Vec<(Instant, f64)> = Vec::new();
 
     let result = async {

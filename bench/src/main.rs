@@ -8,6 +8,7 @@
 //! confluent-kafka and psycopg 3 (`--python`).
 
 mod child;
+mod drain;
 mod intake;
 mod kafka;
 mod latency;
@@ -91,6 +92,15 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         stall_seconds: u64,
     },
+    /// The consumer library in-process (no binary) draining a preloaded topic, vs broker drain.
+    Drain {
+        /// Messages to preload (12 partitions).
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
+        /// Records per batch transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
     /// 1, 2 and 4 partition workers.
     Scaling {
         #[arg(long, default_value_t = 12_000_000)]
@@ -159,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
         }
+        Command::Drain { records, batch } => drain::run(records, batch, cli.repeat).await?,
         Command::Scaling { partition_budget } => {
             sink::scaling(cli.seed, partition_budget, cli.repeat, &cli.log_dir).await?;
         }
@@ -173,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
             }))
             .await?;
             sink::scaling(cli.seed, 12_000_000, cli.repeat, &cli.log_dir).await?;
+            drain::run(20_000, 1000, cli.repeat).await?;
             intake::run(50_000, cli.repeat).await?;
             latency::run(&[100, 1000, 5000], 10.0, cli.repeat, &cli.log_dir).await?;
             memory::run(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 
 use crate::child::{SystemUnderTest, consumer_env, tgingest_binary};
-use crate::pg::BenchDb;
+use crate::pg;
 use crate::procstat;
 use crate::report::Table;
 use crate::sink::{measure_drain, preload_topic, tgingest_progress_sql};
@@ -72,7 +72,7 @@ async fn stalled_consumer(
     stall: Duration,
     log: &Path,
 ) -> anyhow::Result<Stalled> {
-    let db = BenchDb::create().await?;
+    let db = pg::create().await?;
     let result = async {
         let mut lock = db.connect().await?;
         let mut tx = lock.begin().await?;
@@ -101,7 +101,7 @@ async fn stalled_consumer(
                 ),
             ]);
         }
-        let env = consumer_env(bootstrap, topic, &group, &db.url, &extra);
+        let env = consumer_env(bootstrap, topic, &group, db.url(), &extra);
         let mut sut = SystemUnderTest::spawn(
             "tgingest consumer",
             &tgingest_binary()?,
@@ -141,9 +141,9 @@ async fn stalled_consumer(
 
 /// Peak RSS of a consumer with nothing to read on `partitions` partitions.
 async fn idle_consumer(bootstrap: &str, topic: &str, log: &Path) -> anyhow::Result<u64> {
-    let db = BenchDb::create().await?;
+    let db = pg::create().await?;
     let result = async {
-        let env = consumer_env(bootstrap, topic, "bench-memory-idle", &db.url, &[]);
+        let env = consumer_env(bootstrap, topic, "bench-memory-idle", db.url(), &[]);
         let mut sut = SystemUnderTest::spawn(
             "tgingest consumer",
             &tgingest_binary()?,

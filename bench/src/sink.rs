@@ -23,10 +23,11 @@ use anyhow::{Context, bail};
 use consumer::projection::ProjectionTable;
 use futures::StreamExt;
 use sqlx::{AssertSqlSafe, Connection};
+use testkit::TestDb;
 
 use crate::child::{SystemUnderTest, consumer_env, tgingest_binary};
 use crate::kafka;
-use crate::pg::BenchDb;
+use crate::pg;
 use crate::procstat;
 use crate::report::{Table, thousands};
 use crate::workload::{Workload, WorkloadConfig, WorkloadProfile};
@@ -83,7 +84,7 @@ impl Drain {
 /// Waits until `progress_sql` (a single bigint) reaches `total`, timing from its first move.
 pub async fn measure_drain(
     sut: &mut SystemUnderTest,
-    db: &BenchDb,
+    db: &TestDb,
     progress_sql: &str,
     total: i64,
     timeout: Duration,
@@ -95,7 +96,7 @@ pub async fn measure_drain(
         sut.check_alive()?;
         // Before the system under test creates its tables the query fails: that is "0".
         let progress: i64 = sqlx::query_scalar(AssertSqlSafe(progress_sql.to_owned()))
-            .fetch_one(&db.pool)
+            .fetch_one(db.pool())
             .await
             .unwrap_or(0);
         let now = Instant::now();
@@ -104,12 +105,12 @@ pub async fn measure_drain(
                 now,
                 progress,
                 procstat::cpu_seconds(&pid)?,
-                db.backend_cpu_seconds().await?,
+                pg::backend_cpu_seconds(db).await?,
             ));
         }
         if progress >= total {
             let cpu = procstat::cpu_seconds(&pid)?;
-            let pg_cpu = db.backend_cpu_seconds().await?;
+            let pg_cpu = pg::backend_cpu_seconds(db).await?;
             let (t0, p0, cpu0, pg0) = first.unwrap_or((now, 0, cpu, pg_cpu));
             return Ok(Drain {
                 records: total - p0,
@@ -139,12 +140,12 @@ pub async fn drain_with_tgingest(
     bootstrap: &str,
     topic: &str,
     group: &str,
-    db: &BenchDb,
+    db: &TestDb,
     total: i64,
     extra_env: &[(&str, String)],
     log: &Path,
 ) -> anyhow::Result<Drain> {
-    let env = consumer_env(bootstrap, topic, group, &db.url, extra_env);
+    let env = consumer_env(bootstrap, topic, group, db.url(), extra_env);
     let mut sut = SystemUnderTest::spawn(
         "tgingest consumer",
         &tgingest_binary()?,
@@ -178,7 +179,7 @@ pub struct IdealLoad {
 
 /// Exports every row of [`data_tables`] from `source` and loads them into a fresh database
 /// with COPY, in `transactions` transactions; the fresh database is dropped afterwards.
-pub async fn ideal_copy(source: &BenchDb, transactions: usize) -> anyhow::Result<IdealLoad> {
+pub async fn ideal_copy(source: &TestDb, transactions: usize) -> anyhow::Result<IdealLoad> {
     let mut export = source.connect().await?;
     let mut tables: Vec<(&str, Vec<u8>, Vec<usize>)> = Vec::new();
     for table in data_tables() {
@@ -204,7 +205,7 @@ pub async fn ideal_copy(source: &BenchDb, transactions: usize) -> anyhow::Result
     }
     export.close().await?;
 
-    let target = BenchDb::create().await?;
+    let target = pg::create().await?;
     let result = async {
         let mut conn = target.connect().await?;
         let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -267,7 +268,7 @@ pub async fn drain_with_python(
     bootstrap: &str,
     topic: &str,
     group: &str,
-    db: &BenchDb,
+    db: &TestDb,
     total: i64,
     log: &Path,
 ) -> anyhow::Result<Drain> {
@@ -277,7 +278,7 @@ pub async fn drain_with_python(
         ("KAFKA_BROKERS".to_owned(), bootstrap.to_owned()),
         ("KAFKA_TOPIC".to_owned(), topic.to_owned()),
         ("KAFKA_GROUP_ID".to_owned(), group.to_owned()),
-        ("DATABASE_URL".to_owned(), db.url.clone()),
+        ("DATABASE_URL".to_owned(), db.url().to_owned()),
     ];
     let mut sut = SystemUnderTest::spawn(
         "python baseline",
@@ -386,7 +387,7 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
             kafka::broker_drain_seconds(&bootstrap, &pre.topic, pre.partitions, pre.total)?;
         let broker_rate = pre.total as f64 / broker_seconds;
 
-        let db = BenchDb::create().await?;
+        let db = pg::create().await?;
         let sink = drain_with_tgingest(
             &bootstrap,
             &pre.topic,
@@ -397,7 +398,7 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
             &settings.log_dir.join("sink-tgingest.log"),
         )
         .await?;
-        let counts = db.row_counts(&data_tables()).await?;
+        let counts = pg::row_counts(&db, &data_tables()).await?;
         let rows: i64 = counts.iter().map(|(_, n)| n).sum();
         if rep == 1 {
             for (t, n) in &counts {
@@ -406,12 +407,8 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
         }
         let ideal = ideal_copy(&db, transactions).await?;
         db.drop_database().await?;
-        let tcp = if settings.tcp_comparison && crate::pg::unix_socket_dir().is_some() {
-            let db = BenchDb::create().await?;
-            let tcp_db = BenchDb {
-                url: db.tcp_url.clone(),
-                ..db
-            };
+        let tcp = if settings.tcp_comparison && pg::unix_socket_dir().is_some() {
+            let tcp_db = pg::tcp_server().create_db().await?;
             let drain = drain_with_tgingest(
                 &bootstrap,
                 &pre.topic,
@@ -439,7 +436,7 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
         let na = || "n/a".to_owned();
         let python = match &settings.python {
             Some(python) => {
-                let db = BenchDb::create_empty().await?;
+                let db = pg::create_empty().await?;
                 let drain = drain_with_python(
                     python,
                     &bootstrap,
@@ -527,7 +524,7 @@ pub async fn scaling(
             let load = procstat::load_average();
             let broker_seconds =
                 kafka::broker_drain_seconds(&bootstrap, &pre.topic, partitions, pre.total)?;
-            let db = BenchDb::create().await?;
+            let db = pg::create().await?;
             let drain = drain_with_tgingest(
                 &bootstrap,
                 &pre.topic,

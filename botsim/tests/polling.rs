@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use botsim::{AllowedUpdates, BotApi, BotApiConfig, BotInfo, Fault};
 use common::{BOT_ID, TOKEN, message, start};
 use serde_json::{Value, json};
+use testkit::wait_until;
 
 #[tokio::test]
 async fn get_me_returns_the_bot_user() {
@@ -433,11 +434,15 @@ async fn a_long_poll_abandoned_by_its_client_is_recorded_as_499() {
         .send()
         .await;
     assert!(gave_up.is_err(), "the client timed out");
-    common::eventually("the abandoned request to be recorded", || {
-        h.api
-            .requests()
-            .iter()
-            .any(|r| r.status == 499 && r.method == "getupdates")
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "the abandoned request to be recorded",
+        async || {
+            h.api
+                .requests()
+                .iter()
+                .any(|r| r.status == 499 && r.method == "getupdates")
+        },
+    )
     .await;
 }

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use botsim::{BotApiConfig, WebhookConfig, WebhookOutcome};
-use common::{TOKEN, WebhookReceiver, eventually, message, start, start_with};
+use common::{TOKEN, WebhookReceiver, message, start, start_with};
 use serde_json::json;
+use testkit::wait_until;
 
 fn fast_retries() -> BotApiConfig {
     BotApiConfig {
@@ -94,7 +95,7 @@ async fn updates_are_posted_one_per_request_with_the_secret_header_and_exact_byt
         );
         assert_eq!(request.headers["content-type"], "application/json");
     }
-    eventually("the queue to drain", || {
+    wait_until(Duration::from_secs(15), "the queue to drain", async || {
         h.api.pending_update_count(TOKEN).unwrap() == 0
     })
     .await;
@@ -121,9 +122,11 @@ async fn a_failed_delivery_is_retried_with_backoff_and_reported_in_webhook_info(
     .await;
 
     receiver.wait_for(3).await;
-    eventually("the update to be dropped after the 2xx", || {
-        h.api.pending_update_count(TOKEN).unwrap() == 0
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "the update to be dropped after the 2xx",
+        async || h.api.pending_update_count(TOKEN).unwrap() == 0,
+    )
     .await;
     let attempts = h.api.webhook_attempts();
     let outcomes: Vec<(i64, u32, WebhookOutcome)> = attempts
@@ -171,7 +174,7 @@ async fn an_unreachable_webhook_keeps_updates_pending() {
         json!({"url": format!("http://127.0.0.1:{port}/hook")}),
     )
     .await;
-    eventually("two failed attempts", || {
+    wait_until(Duration::from_secs(15), "two failed attempts", async || {
         h.api.webhook_attempts().len() >= 2
     })
     .await;
@@ -232,7 +235,7 @@ async fn duplicates_and_shuffled_order_can_be_requested() {
     .await;
 
     let received = receiver.wait_for(40).await;
-    eventually("the queue to drain", || {
+    wait_until(Duration::from_secs(15), "the queue to drain", async || {
         h.api.pending_update_count(TOKEN).unwrap() == 0
     })
     .await;

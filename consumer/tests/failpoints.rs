@@ -18,6 +18,10 @@ use consumer::writer::{BatchWriter, PreparedRecord, WriteError};
 use consumer::{AssignmentStrategy, ConsumerStats};
 use processor::wire::header;
 use testkit::TestDb;
+use testkit::invariants::assert_invariants;
+use testkit::sink::{RunningConsumer, wait_for_log_end};
+use testkit::updates::{BOT, message, messages, produce};
+use testkit::wait_until;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -121,7 +125,7 @@ async fn broker_a_zombie_held_inside_its_transaction_is_fenced_and_the_checker_p
     // The revoke gives up on the held worker quickly; the database must fence it.
     cfg.revoke_timeout = Duration::from_secs(1);
 
-    let first = Running::start(cfg.clone(), db.pool().clone());
+    let first = RunningConsumer::start(cfg.clone(), db.pool().clone());
     wait_until(
         Duration::from_secs(30),
         "the first consumer owns the partition",
@@ -130,9 +134,9 @@ async fn broker_a_zombie_held_inside_its_transaction_is_fenced_and_the_checker_p
     .await;
     // Held for 8 s inside its first batch transaction, rows written, offset not yet moved.
     fail::cfg("consumer::before_offset_update", "1*return(8000)").unwrap();
-    let mut manifest = produce(&broker, &topic, &messages(1, 40, 1)).await;
+    let mut manifest = produce(&broker.client_config(), &topic, &messages(1, 40, 1)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = Running::start(cfg, db.pool().clone());
+    let second = RunningConsumer::start(cfg, db.pool().clone());
 
     wait_until(
         Duration::from_secs(40),
@@ -141,9 +145,9 @@ async fn broker_a_zombie_held_inside_its_transaction_is_fenced_and_the_checker_p
     )
     .await;
     fail::remove("consumer::before_offset_update");
-    manifest.extend(produce(&broker, &topic, &messages(1_000, 40, 1)).await);
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(40)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    manifest.extend(produce(&broker.client_config(), &topic, &messages(1_000, 40, 1)).await);
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(40)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     first.stop().await;
     second.stop().await;
 }
@@ -158,7 +162,7 @@ async fn broker_a_writer_frozen_after_its_offset_update_blocks_nobody_and_never_
     // Idle-in-transaction timeout is twice this: the frozen writer's session dies after 6 s.
     cfg.statement_timeout = Duration::from_secs(3);
 
-    let first = Running::start(cfg.clone(), db.pool().clone());
+    let first = RunningConsumer::start(cfg.clone(), db.pool().clone());
     wait_until(
         Duration::from_secs(30),
         "the first consumer owns the partition",
@@ -167,9 +171,9 @@ async fn broker_a_writer_frozen_after_its_offset_update_blocks_nobody_and_never_
     .await;
     // Frozen for 12 s holding the offsets row lock (the offset update done, COMMIT not sent).
     fail::cfg("consumer::before_commit", "1*return(12000)").unwrap();
-    let mut manifest = produce(&broker, &topic, &messages(1, 40, 1)).await;
+    let mut manifest = produce(&broker.client_config(), &topic, &messages(1, 40, 1)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = Running::start(cfg, db.pool().clone());
+    let second = RunningConsumer::start(cfg, db.pool().clone());
 
     // While the writer is still frozen, its session is ended by the idle timeout and the next
     // owner gets through the ownership statement (liveness: a frozen zombie blocks nobody).
@@ -195,9 +199,9 @@ async fn broker_a_writer_frozen_after_its_offset_update_blocks_nobody_and_never_
     )
     .await;
     fail::remove("consumer::before_commit");
-    manifest.extend(produce(&broker, &topic, &messages(1_000, 40, 1)).await);
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(30)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    manifest.extend(produce(&broker.client_config(), &topic, &messages(1_000, 40, 1)).await);
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(30)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     first.stop().await;
     second.stop().await;
 }

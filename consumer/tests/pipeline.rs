@@ -9,6 +9,10 @@ use std::time::Duration;
 use common::*;
 use consumer::{AssignmentStrategy, ConsumerStats, OffsetStore};
 use processor::wire::header;
+use testkit::invariants::assert_invariants;
+use testkit::sink::{RunningConsumer, wait_for_log_end};
+use testkit::updates::{BOT, Outgoing, fixtures, message, messages, produce};
+use testkit::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_fixture_updates_and_messages_become_rows_and_the_checker_passes() {
@@ -30,11 +34,11 @@ async fn broker_fixture_updates_and_messages_become_rows_and_the_checker_passes(
         "the fixtures are present ({fixture_count})"
     );
     outgoing.extend(messages(1_000, 300, 4));
-    let manifest = produce(&broker, &topic, &outgoing).await;
+    let manifest = produce(&broker.client_config(), &topic, &outgoing).await;
 
-    let consumer = Running::start(config(&broker, &group, &topic), db.pool().clone());
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    let consumer = RunningConsumer::start(config(&broker, &group, &topic), db.pool().clone());
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(45)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
 
     let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_updates")
         .fetch_one(db.pool())
@@ -96,11 +100,11 @@ async fn broker_a_poison_record_becomes_a_dead_letter_while_its_batch_lands() {
         .headers
         .push((header::ERROR.into(), b"too_large: 12000000 bytes".to_vec()));
     outgoing.insert(15, envelope);
-    let manifest = produce(&broker, &topic, &outgoing).await;
+    let manifest = produce(&broker.client_config(), &topic, &outgoing).await;
 
-    let consumer = Running::start(config(&broker, &group, &topic), db.pool().clone());
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    let consumer = RunningConsumer::start(config(&broker, &group, &topic), db.pool().clone());
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(45)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
 
     let dead: Vec<(i64, String, Option<Vec<u8>>)> = sqlx::query_as(
         "SELECT kafka_offset, error_class, payload FROM dead_letters WHERE resolved_at IS NULL ORDER BY kafka_offset",
@@ -131,16 +135,16 @@ async fn broker_a_poison_record_becomes_a_dead_letter_while_its_batch_lands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_a_restart_resumes_from_stored_offsets_without_duplicates() {
     let (db, broker, topic, group) = setup(3).await;
-    let mut manifest = produce(&broker, &topic, &messages(1, 150, 3)).await;
-    let first = Running::start(config(&broker, &group, &topic), db.pool().clone());
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
+    let mut manifest = produce(&broker.client_config(), &topic, &messages(1, 150, 3)).await;
+    let first = RunningConsumer::start(config(&broker, &group, &topic), db.pool().clone());
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(45)).await;
     assert_eq!(first.consumed(), 150);
     first.stop().await;
 
-    manifest.extend(produce(&broker, &topic, &messages(1_000, 90, 3)).await);
-    let second = Running::start(config(&broker, &group, &topic), db.pool().clone());
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    manifest.extend(produce(&broker.client_config(), &topic, &messages(1_000, 90, 3)).await);
+    let second = RunningConsumer::start(config(&broker, &group, &topic), db.pool().clone());
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(45)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     assert_eq!(
         second.consumed(),
         90,
@@ -154,13 +158,13 @@ async fn broker_an_exhausted_inflight_budget_still_drains_every_partition_exactl
     // A budget of one byte: a worker may take one record past it, so every batch holds exactly
     // one record, workers of six partitions take turns, and nothing waits for a linger.
     let (db, broker, topic, group) = setup(6).await;
-    let manifest = produce(&broker, &topic, &messages(1, 240, 6)).await;
+    let manifest = produce(&broker.client_config(), &topic, &messages(1, 240, 6)).await;
     let mut cfg = config(&broker, &group, &topic);
     cfg.max_inflight_bytes = 1;
     cfg.linger = Duration::from_secs(30);
-    let running = Running::start(cfg, db.pool().clone());
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(60)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    let running = RunningConsumer::start(cfg, db.pool().clone());
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(60)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     assert_eq!(running.consumed(), 240);
     assert_eq!(
         ConsumerStats::get(&running.stats.batches_committed),
@@ -181,12 +185,12 @@ async fn broker_a_budget_for_one_batch_is_handed_out_in_whole_batches() {
         .map(|o| o.value.len() + o.key.len())
         .sum::<usize>()
         / outgoing.len();
-    let manifest = produce(&broker, &topic, &outgoing).await;
+    let manifest = produce(&broker.client_config(), &topic, &outgoing).await;
     let mut cfg = config(&broker, &group, &topic);
     cfg.max_inflight_bytes = mean * 75;
-    let running = Running::start(cfg, db.pool().clone());
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(60)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    let running = RunningConsumer::start(cfg, db.pool().clone());
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(60)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     let batches = ConsumerStats::get(&running.stats.batches_committed);
     assert!(
         batches <= 1_200 / 35,
@@ -199,8 +203,8 @@ async fn two_consumers_share_partitions(strategy: AssignmentStrategy) {
     let (db, broker, topic, group) = setup(6).await;
     let mut cfg = config(&broker, &group, &topic);
     cfg.assignment_strategy = strategy;
-    let a = Running::start(cfg.clone(), db.pool().clone());
-    let b = Running::start(cfg, db.pool().clone());
+    let a = RunningConsumer::start(cfg.clone(), db.pool().clone());
+    let b = RunningConsumer::start(cfg, db.pool().clone());
     // Traffic starts once the group has given both members partitions: a consumer that drains
     // each round at once could otherwise take all of it before the second one joins (seen on
     // Tansu, whose group formation takes seconds).
@@ -214,12 +218,13 @@ async fn two_consumers_share_partitions(strategy: AssignmentStrategy) {
     )
     .await;
     let mut manifest = Vec::new();
+    let client = broker.client_config();
     for round in 0..6 {
-        manifest.extend(produce(&broker, &topic, &messages(round * 1_000, 100, 6)).await);
+        manifest.extend(produce(&client, &topic, &messages(round * 1_000, 100, 6)).await);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(50)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(50)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     assert!(
         a.consumed() > 0 && b.consumed() > 0,
         "both consumers worked: {} and {}",
@@ -243,9 +248,9 @@ async fn broker_two_eager_consumers_in_one_group_share_partitions_and_the_checke
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_a_replay_is_followed_by_the_running_consumer_and_rewrites_nothing() {
     let (db, broker, topic, group) = setup(2).await;
-    let manifest = produce(&broker, &topic, &messages(1, 120, 2)).await;
-    let consumer = Running::start(config(&broker, &group, &topic), db.pool().clone());
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
+    let manifest = produce(&broker.client_config(), &topic, &messages(1, 120, 2)).await;
+    let consumer = RunningConsumer::start(config(&broker, &group, &topic), db.pool().clone());
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(45)).await;
     let snapshot = |pool: sqlx::PgPool| async move {
         sqlx::query_scalar::<_, String>(
             "SELECT string_agg(m::text, '\n' ORDER BY chat_id, message_id) FROM messages m",
@@ -270,8 +275,8 @@ async fn broker_a_replay_is_followed_by_the_running_consumer_and_rewrites_nothin
         || async { consumer.consumed() >= 240 },
     )
     .await;
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(30)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(30)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     assert_eq!(
         snapshot(db.pool().clone()).await,
         before,
@@ -296,11 +301,12 @@ async fn broker_terminated_postgres_backends_are_survived_and_the_checker_passes
         .connect_with(options.application_name(&app))
         .await
         .unwrap();
-    let consumer = Running::start(config(&broker, &group, &topic), pool);
+    let consumer = RunningConsumer::start(config(&broker, &group, &topic), pool);
     let mut manifest = Vec::new();
     let mut terminated = 0i64;
+    let client = broker.client_config();
     for round in 0..8 {
-        manifest.extend(produce(&broker, &topic, &messages(round * 1_000, 80, 3)).await);
+        manifest.extend(produce(&client, &topic, &messages(round * 1_000, 80, 3)).await);
         tokio::time::sleep(Duration::from_millis(150)).await;
         let killed: i64 = sqlx::query_scalar(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -316,8 +322,8 @@ async fn broker_terminated_postgres_backends_are_survived_and_the_checker_passes
         terminated > 0,
         "the test terminated some of the consumer's backends"
     );
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(50)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(50)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     consumer.stop().await;
 }
 
@@ -336,7 +342,7 @@ async fn deleted_records_are_recorded_as_a_gap(strategy: AssignmentStrategy) {
     let outgoing: Vec<Outgoing> = (1..=70)
         .map(|i| Outgoing::update(0, -5, i, message(i, -5, 9, i, 1_760_000_000 + i, &big)))
         .collect();
-    let manifest = produce(&broker, &topic, &outgoing).await;
+    let manifest = produce(&broker.client_config(), &topic, &outgoing).await;
     // The group had a stored offset at 0 before the records were deleted.
     OffsetStore::new(db.pool().clone(), &group, &topic)
         .rewind(0, 0)
@@ -345,8 +351,8 @@ async fn deleted_records_are_recorded_as_a_gap(strategy: AssignmentStrategy) {
 
     let mut cfg = config(&broker, &group, &topic);
     cfg.assignment_strategy = strategy;
-    let consumer = Running::start(cfg, db.pool().clone());
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
+    let consumer = RunningConsumer::start(cfg, db.pool().clone());
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(45)).await;
     let gaps: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT expected_offset, first_offset_seen FROM offset_gaps WHERE group_id = $1",
     )
@@ -369,14 +375,14 @@ async fn deleted_records_are_recorded_as_a_gap(strategy: AssignmentStrategy) {
         .filter(|r| r.offset >= first_seen)
         .cloned()
         .collect();
-    let report = consumer::check::InvariantChecker::new(db.pool().clone(), &group)
+    let report = testkit::invariants::InvariantChecker::new(db.pool().clone(), &group)
         .check(&kept)
         .await
         .unwrap();
     assert_eq!(report.with_rows, kept.len());
     assert_eq!(
         report.violations,
-        vec![consumer::check::Violation::OffsetGap {
+        vec![testkit::invariants::Violation::OffsetGap {
             topic: topic.clone(),
             partition: 0,
             expected_offset: 0,
@@ -399,15 +405,15 @@ async fn broker_records_deleted_before_they_were_written_are_recorded_as_a_gap_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_a_broker_outage_is_waited_out_and_the_checker_passes() {
     let (db, broker, topic, group) = setup(3).await;
-    let consumer = Running::start(config(&broker, &group, &topic), db.pool().clone());
-    let mut manifest = produce(&broker, &topic, &messages(1, 150, 3)).await;
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(40)).await;
+    let consumer = RunningConsumer::start(config(&broker, &group, &topic), db.pool().clone());
+    let mut manifest = produce(&broker.client_config(), &topic, &messages(1, 150, 3)).await;
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(40)).await;
     broker.set_available(false).await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     broker.set_available(true).await.unwrap();
-    manifest.extend(produce(&broker, &topic, &messages(1_000, 150, 3)).await);
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(45)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    manifest.extend(produce(&broker.client_config(), &topic, &messages(1_000, 150, 3)).await);
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(45)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     consumer.stop().await;
 }
 
@@ -435,8 +441,8 @@ async fn broker_a_postgres_outage_longer_than_the_session_timeout_keeps_the_grou
     broker.create_topic(&topic, 3).await.unwrap();
     let group = broker.unique_group("sink");
 
-    let consumer = Running::start(config(&broker, &group, &topic), pool.clone());
-    let mut manifest = produce(&broker, &topic, &messages(1, 90, 3)).await;
+    let consumer = RunningConsumer::start(config(&broker, &group, &topic), pool.clone());
+    let mut manifest = produce(&broker.client_config(), &topic, &messages(1, 90, 3)).await;
     wait_until(
         Duration::from_secs(40),
         "the first records written",
@@ -444,7 +450,7 @@ async fn broker_a_postgres_outage_longer_than_the_session_timeout_keeps_the_grou
     )
     .await;
     cluster.stop(testkit::StopMode::Fast).await.unwrap();
-    manifest.extend(produce(&broker, &topic, &messages(1_000, 90, 3)).await);
+    manifest.extend(produce(&broker.client_config(), &topic, &messages(1_000, 90, 3)).await);
     // Longer than the 6 s session timeout: an evicted member would be revoked and re-assigned.
     tokio::time::sleep(Duration::from_secs(9)).await;
     cluster.start_again().await.unwrap();
@@ -463,7 +469,7 @@ async fn broker_a_postgres_outage_longer_than_the_session_timeout_keeps_the_grou
         0,
         "the member was never evicted"
     );
-    let report = consumer::check::InvariantChecker::new(pool.clone(), &group)
+    let report = testkit::invariants::InvariantChecker::new(pool.clone(), &group)
         .check(&manifest)
         .await
         .unwrap();

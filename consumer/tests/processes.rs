@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
+use testkit::invariants::assert_invariants;
+use testkit::sink::wait_for_log_end;
+use testkit::updates::{messages, produce};
 use testkit::{BrokerKind, ChildProcess, TestBroker, TestDb};
 
 /// The `tgingest` binary, built (or found up to date) with the cargo running the tests. This
@@ -127,7 +130,7 @@ async fn broker_three_processes_under_sigkill_churn_lose_and_double_nothing() {
             let mut manifest = Vec::new();
             for round in 0..20 {
                 let batch = messages(round * 1_000, 1_000, 6);
-                manifest.extend(produce_with(&broker_config, &topic, &batch).await);
+                manifest.extend(produce(&broker_config, &topic, &batch).await);
                 tokio::time::sleep(Duration::from_millis(900)).await;
             }
             manifest
@@ -163,8 +166,8 @@ async fn broker_three_processes_under_sigkill_churn_lose_and_double_nothing() {
     assert!(kills >= 4, "the churn killed {kills} owning processes");
 
     // The group settles (dead members time out after 6 s), then the oracle runs.
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(60)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(60)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     let moves: i64 = sqlx::query_scalar(
         "SELECT sum(owner_epoch - 1)::bigint FROM consumer_offsets WHERE group_id = $1",
     )
@@ -198,14 +201,14 @@ async fn broker_scaling_one_to_three_to_one_process_under_load_loses_and_doubles
     let mut manifest = Vec::new();
     let config = broker.client_config();
     for round in 0..4 {
-        manifest.extend(produce_with(&config, &topic, &messages(round * 1_000, 500, 6)).await);
+        manifest.extend(produce(&config, &topic, &messages(round * 1_000, 500, 6)).await);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let extra: Vec<ChildProcess> = (1..3)
         .map(|i| spawn_sink(&db, &broker, &topic, &group, &format!("scale-{i}")))
         .collect();
     for round in 4..10 {
-        manifest.extend(produce_with(&config, &topic, &messages(round * 1_000, 500, 6)).await);
+        manifest.extend(produce(&config, &topic, &messages(round * 1_000, 500, 6)).await);
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     // Scale down by SIGTERM: each leaves the group after finishing its in-flight batch.
@@ -213,7 +216,7 @@ async fn broker_scaling_one_to_three_to_one_process_under_load_loses_and_doubles
         s.signal(Signal::SIGTERM).unwrap();
     }
     for round in 10..14 {
-        manifest.extend(produce_with(&config, &topic, &messages(round * 1_000, 500, 6)).await);
+        manifest.extend(produce(&config, &topic, &messages(round * 1_000, 500, 6)).await);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for s in &extra {
@@ -230,8 +233,8 @@ async fn broker_scaling_one_to_three_to_one_process_under_load_loses_and_doubles
             s.report()
         );
     }
-    wait_for_log_end(&db, &group, &manifest, Duration::from_secs(40)).await;
-    assert_invariants(&db, &group, &manifest).await;
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(40)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
     first.signal(Signal::SIGTERM).unwrap();
     assert!(
         first.wait(Duration::from_secs(30)).await.unwrap().success(),

@@ -2,12 +2,9 @@
 //! bad records, and order-independence of the written rows.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use consumer::ConsumerStats;
 use consumer::offsets::{OffsetStore, Ownership};
 use consumer::projection::ProjectionSchema;
@@ -17,6 +14,7 @@ use processor::wire::header;
 use proptest::prelude::*;
 use sqlx::PgPool;
 use testkit::TestDb;
+use testkit::updates::{BOT, edited, message};
 
 const TOPIC: &str = "tg.updates";
 const GROUP: &str = "sink";

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use processor::wire::header;
+use testkit::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_kafka_ack_and_confirm_loses_nothing_on_restart_broker() {
@@ -52,7 +53,8 @@ async fn a_crash_between_kafka_ack_and_confirm_loses_nothing_on_restart_broker()
     let second = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
     let last = *ids.last().unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(30), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(last + 1))
         .await,
         "the restarted producer never confirmed the batch"

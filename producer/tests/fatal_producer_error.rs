@@ -15,6 +15,7 @@ use processor::wire::header;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
+use testkit::eventually;
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_fatal_producer_error_rebuilds_the_producer_and_the_update_still_lands() {
@@ -39,8 +40,10 @@ async fn a_fatal_producer_error_rebuilds_the_producer_and_the_update_still_lands
     config.delivery_timeout = Duration::from_secs(5);
     let producer = RunningProducer::spawn(config);
     assert!(
-        eventually(Duration::from_secs(15), || !get_updates_requests(&api)
-            .is_empty())
+        eventually(Duration::from_secs(15), async || !get_updates_requests(
+            &api
+        )
+        .is_empty())
         .await
     );
 
@@ -58,7 +61,8 @@ async fn a_fatal_producer_error_rebuilds_the_producer_and_the_update_still_lands
         )
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(40), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(40), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(id + 1))
         .await,
         "never confirmed; logs:\n{}",

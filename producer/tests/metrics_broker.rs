@@ -14,6 +14,7 @@ use botsim::Fault;
 use common::*;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use testkit::BrokerKind;
+use testkit::eventually;
 
 /// The value of the sample `name{labels…}` whose label set contains every `labels` pair.
 fn sample(handle: &PrometheusHandle, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -40,8 +41,10 @@ async fn metrics_count_updates_errors_and_confirms_and_age_the_unconfirmed_broke
     let bot = BOT_IDS[0].to_string();
     let producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
     assert!(
-        eventually(Duration::from_secs(15), || !get_updates_requests(&api)
-            .is_empty())
+        eventually(Duration::from_secs(15), async || !get_updates_requests(
+            &api
+        )
+        .is_empty())
         .await
     );
     for fault in [
@@ -65,7 +68,7 @@ async fn metrics_count_updates_errors_and_confirms_and_age_the_unconfirmed_broke
         )
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(30), || {
+        eventually(Duration::from_secs(30), async || {
             sample(
                 &handle,
                 "tgingest_last_confirmed_update_id",
@@ -114,7 +117,7 @@ async fn metrics_count_updates_errors_and_confirms_and_age_the_unconfirmed_broke
             )
             .unwrap();
         // Each failed publish attempt (3 s delivery timeout) refreshes the age.
-        let aged = eventually(Duration::from_secs(15), || {
+        let aged = eventually(Duration::from_secs(15), async || {
             sample(
                 &handle,
                 "tgingest_oldest_unconfirmed_age_seconds",
@@ -131,7 +134,7 @@ async fn metrics_count_updates_errors_and_confirms_and_age_the_unconfirmed_broke
         assert!(sample(&handle, "tgingest_publish_failures_total", &[]).unwrap() >= 1.0);
         broker.set_available(true).await.unwrap();
         assert!(
-            eventually(Duration::from_secs(40), || {
+            eventually(Duration::from_secs(40), async || {
                 sample(
                     &handle,
                     "tgingest_last_confirmed_update_id",

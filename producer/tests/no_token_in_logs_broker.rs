@@ -15,6 +15,7 @@ use std::time::Duration;
 use botsim::Fault;
 use common::*;
 use testkit::BrokerKind;
+use testkit::eventually;
 
 const SECRET: &str = "hook-SECRET-zz9-plural-z-alpha";
 
@@ -46,8 +47,10 @@ async fn logs_at_trace_level_never_contain_a_token_or_the_webhook_secret_broker(
     // Polling through every fault, then a broker outage.
     let producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
     assert!(
-        eventually(Duration::from_secs(15), || !get_updates_requests(&api)
-            .is_empty())
+        eventually(Duration::from_secs(15), async || !get_updates_requests(
+            &api
+        )
+        .is_empty())
         .await
     );
     for fault in [
@@ -67,7 +70,8 @@ async fn logs_at_trace_level_never_contain_a_token_or_the_webhook_secret_broker(
         )
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(40), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(40), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(id + 1))
         .await
     );
@@ -83,7 +87,8 @@ async fn logs_at_trace_level_never_contain_a_token_or_the_webhook_secret_broker(
         tokio::time::sleep(Duration::from_secs(5)).await;
         broker.set_available(true).await.unwrap();
         assert!(
-            eventually(Duration::from_secs(40), || api.confirmed_offset(TOKENS[0])
+            eventually(Duration::from_secs(40), async || api
+                .confirmed_offset(TOKENS[0])
                 == Some(down + 1))
             .await
         );
@@ -96,7 +101,7 @@ async fn logs_at_trace_level_never_contain_a_token_or_the_webhook_secret_broker(
         webhook.public_url = Some(format!("http://{addr}/").parse().unwrap());
     }
     let producer = RunningProducer::spawn(config);
-    let up = eventually(Duration::from_secs(30), || {
+    let up = eventually(Duration::from_secs(30), async || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
     })
     .await;

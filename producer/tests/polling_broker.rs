@@ -11,6 +11,8 @@ use std::time::Duration;
 use common::*;
 use processor::wire::{self, CONTENT_TYPE_JSON, Subject, header};
 use testkit::BrokerKind;
+use testkit::eventually;
+use testkit::updates::fixtures;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_kind_arrives_byte_identical_with_its_key_and_headers_broker() {
@@ -126,7 +128,8 @@ async fn every_fixture_kind_arrives_byte_identical_with_its_key_and_headers_brok
         .max()
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(10), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(max_id + 1))
         .await,
         "confirmed offset {:?}, expected {}",
@@ -168,8 +171,10 @@ async fn getupdates_asks_explicitly_for_every_kind_including_the_opt_in_ones_bro
     let (broker, topic) = start_broker().await;
     let producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
     assert!(
-        eventually(Duration::from_secs(15), || !get_updates_requests(&api)
-            .is_empty())
+        eventually(Duration::from_secs(15), async || !get_updates_requests(
+            &api
+        )
+        .is_empty())
         .await
     );
     producer.stop().await.unwrap();
@@ -305,7 +310,8 @@ async fn an_oversized_update_becomes_a_tg_error_envelope_and_is_confirmed_broker
     let producer = RunningProducer::spawn(config);
     let records = read_topic(&broker, &topic, 2, Duration::from_secs(30)).await;
     assert!(
-        eventually(Duration::from_secs(10), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(10), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(big + 1))
         .await,
         "the oversized update blocked the confirm: {:?}",
@@ -370,7 +376,8 @@ async fn elements_that_are_not_updates_become_envelopes_and_never_block_the_conf
     let producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
     let records = read_topic(&broker, &topic, 4, Duration::from_secs(30)).await;
     assert!(
-        eventually(Duration::from_secs(10), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(10), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(last + 1))
         .await,
         "confirmed {:?}, expected {}",
@@ -424,7 +431,8 @@ async fn while_the_broker_is_down_the_offset_never_advances_and_everything_lands
         1
     );
     assert!(
-        eventually(Duration::from_secs(10), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(10), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(first + 1))
         .await
     );
@@ -477,7 +485,8 @@ async fn while_the_broker_is_down_the_offset_never_advances_and_everything_lands
     broker.set_available(true).await.unwrap();
     let last = *during.last().unwrap();
     assert!(
-        eventually(Duration::from_secs(40), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(40), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(last + 1))
         .await,
         "never confirmed after the broker returned: {:?}",
@@ -521,7 +530,8 @@ async fn shutdown_confirms_the_last_published_batch_before_returning_broker() {
     // Botsim records a confirm when the getUpdates carrying it arrives; that request then waits
     // in its 20 s long poll. So the next request is the one after the batch below.
     assert!(
-        eventually(Duration::from_secs(15), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(15), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(warmup + 1))
         .await
     );
@@ -547,7 +557,7 @@ async fn shutdown_confirms_the_last_published_batch_before_returning_broker() {
         2
     );
     assert!(
-        eventually(Duration::from_secs(10), || api
+        eventually(Duration::from_secs(10), async || api
             .pending_faults(TOKENS[0])
             .unwrap()
             == 0)
@@ -592,7 +602,7 @@ async fn two_bots_are_served_each_with_its_own_offset_and_key_broker() {
     let producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 2));
     let records = read_topic(&broker, &topic, 2, Duration::from_secs(30)).await;
     assert!(
-        eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(10), async || {
             api.confirmed_offset(TOKENS[0]) == Some(a + 1)
                 && api.confirmed_offset(TOKENS[1]) == Some(b + 1)
         })
@@ -619,7 +629,8 @@ async fn updates_after_an_update_id_jump_to_lower_ids_still_land_and_are_confirm
         )
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(20), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(20), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(before + 1))
         .await
     );
@@ -642,7 +653,7 @@ async fn updates_after_an_update_id_jump_to_lower_ids_still_land_and_are_confirm
     assert_eq!(after, restart_at);
     let records = read_topic(&broker, &topic, 2, Duration::from_secs(30)).await;
     assert!(
-        eventually(Duration::from_secs(20), || api
+        eventually(Duration::from_secs(20), async || api
             .pending_update_count(TOKENS[0])
             .unwrap()
             == 0)

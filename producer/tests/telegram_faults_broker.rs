@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use botsim::Fault;
 use common::*;
+use testkit::eventually;
 use tracing::subscriber::DefaultGuard;
 
 /// Captures this thread's log events at trace level (the tests run on a current-thread runtime,
@@ -31,8 +32,10 @@ async fn run_through_faults(faults: Vec<Fault>) -> (botsim::BotApi, Vec<botsim::
     let (broker, topic) = start_broker().await;
     let producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
     assert!(
-        eventually(Duration::from_secs(15), || !get_updates_requests(&api)
-            .is_empty())
+        eventually(Duration::from_secs(15), async || !get_updates_requests(
+            &api
+        )
+        .is_empty())
         .await
     );
     for fault in faults {
@@ -48,7 +51,8 @@ async fn run_through_faults(faults: Vec<Fault>) -> (botsim::BotApi, Vec<botsim::
     let records = read_topic(&broker, &topic, 1, Duration::from_secs(40)).await;
     assert_eq!(records.len(), 1, "the update never reached Kafka");
     assert!(
-        eventually(Duration::from_secs(20), || api.confirmed_offset(TOKENS[0])
+        eventually(Duration::from_secs(20), async || api
+            .confirmed_offset(TOKENS[0])
             == Some(id + 1))
         .await,
         "never confirmed: {:?}",
@@ -56,7 +60,7 @@ async fn run_through_faults(faults: Vec<Fault>) -> (botsim::BotApi, Vec<botsim::
     );
     // The confirming call must also have been answered, so the producer saw the episode end.
     assert!(
-        eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(10), async || {
             get_updates_requests(&api)
                 .last()
                 .is_some_and(|r| r.status == 200 && r.offset == Some(id + 1))

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 use processor::wire::header;
 use testkit::BrokerKind;
+use testkit::eventually;
 
 const SECRET: &str = "webhook-secret_0123456789";
 
@@ -29,7 +30,7 @@ async fn post(addr: SocketAddr, bot_id: i64, secret: Option<&str>, body: &[u8]) 
 
 /// Waits until the webhook endpoint accepts connections (startup runs getMe and a topic check).
 async fn wait_listening(addr: SocketAddr) {
-    let up = eventually(Duration::from_secs(30), || {
+    let up = eventually(Duration::from_secs(30), async || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
     })
     .await;
@@ -194,7 +195,7 @@ async fn setwebhook_at_startup_lets_telegram_push_updates_into_kafka_broker() {
 
     let records = read_topic(&broker, &topic, 2, Duration::from_secs(30)).await;
     assert!(
-        eventually(Duration::from_secs(10), || api
+        eventually(Duration::from_secs(10), async || api
             .pending_update_count(TOKENS[0])
             .unwrap()
             == 0)

@@ -5,6 +5,12 @@
 //! ([`kafka::TestBroker`]), and child processes that cannot outlive it ([`process::ChildProcess`]).
 //! Everything is torn down on drop, also when a test panics.
 //!
+//! Beside the infrastructure, what tests of the pipeline share: updates as the producer publishes
+//! them and a manifest of what was produced ([`updates`]), the exactly-once checker over that
+//! manifest ([`invariants`]), the consumer running in-process and its stored offsets ([`sink`]),
+//! and the one way to wait for a condition ([`wait`]). testkit may depend on the production
+//! crates; they never depend on it.
+//!
 //! Environment (all optional):
 //!
 //! | variable | effect |
@@ -41,13 +47,30 @@
 //! Works under cargo-nextest (one process per test) and plain `cargo test` (threads): nothing here
 //! relies on process-global state other than the leftover sweeps.
 
+pub mod invariants;
 pub mod kafka;
 pub mod pg;
 pub mod process;
+pub mod sink;
+pub mod updates;
+pub mod wait;
 
 pub use kafka::{BrokerKind, HostedMockBroker, MockClusterHost, TestBroker};
 pub use pg::{PrivateCluster, StopMode, TestDb};
 pub use process::{ChildProcess, free_port, with_failpoints};
+pub use wait::{eventually, wait_until};
+
+/// Logs to the test's captured output (once per process), filtered by `RUST_LOG` or else by
+/// `default_filter`.
+pub fn init_tracing(default_filter: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
 
 /// A random string of lowercase letters and digits, valid in database, topic and group names.
 pub fn random_suffix(len: usize) -> String {

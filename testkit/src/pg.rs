@@ -5,10 +5,13 @@
 //! Guarantees:
 //! - a [`TestDb`] has a unique name `tgt_<unix seconds>_<random>`, is migrated with the workspace's
 //!   `migrations/` (unless created with [`TestDb::create_empty`]) and is dropped `WITH (FORCE)`
-//!   when the handle is dropped, from a separate thread, so dropping inside a tokio runtime is
-//!   fine. Databases left behind by crashed runs (named `tgt_*`, older than [`LEFTOVER_AGE`]) are
-//!   dropped whenever a new one is created; the creation time is in the name because PostgreSQL
-//!   does not record it;
+//!   by [`TestDb::drop_database`] or, failing that, when the handle is dropped, from a separate
+//!   thread, so dropping inside a tokio runtime is fine. Databases left behind by crashed runs
+//!   (named `tgt_*`, older than [`LEFTOVER_AGE`]) are dropped whenever a new one is created; the
+//!   creation time is in the name because PostgreSQL does not record it;
+//! - a [`DbServer`] makes them on another server (the benchmarks' own), with the connections
+//!   named so the server's sessions of the code under test can be told apart, and optionally over
+//!   the server's Unix socket;
 //! - a [`PrivateCluster`] lives in a temporary directory, listens only on 127.0.0.1 on a free port
 //!   (its unix socket inside the directory), trusts every local connection, and runs its
 //!   postmaster as a [`ChildProcess`]: killed with its backends and removed with its directory on
@@ -17,12 +20,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use crate::process::{ChildProcess, free_port};
@@ -33,6 +37,7 @@ pub const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgre
 pub const LEFTOVER_AGE: Duration = Duration::from_secs(6 * 3600);
 const NAME_PREFIX: &str = "tgt_";
 const POOL_SIZE: u32 = 5;
+const ADMIN_CONNECT_ATTEMPTS: u32 = 5;
 /// A private postmaster is killed after this long even if its test hangs.
 const CLUSTER_HARD_TIMEOUT: Duration = Duration::from_secs(3600);
 const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,7 +54,7 @@ pub fn server_url() -> String {
 
 /// Whether a database with this name exists on the shared test server.
 pub async fn database_exists(name: &str) -> anyhow::Result<bool> {
-    let mut conn = connect_admin(&server_url()).await?;
+    let mut conn = DbServer::from_env().connect_admin().await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(name)
@@ -58,19 +63,52 @@ pub async fn database_exists(name: &str) -> anyhow::Result<bool> {
     Ok(exists)
 }
 
-/// A fresh database on the shared server, dropped when this handle is dropped.
-#[derive(Debug)]
-pub struct TestDb {
-    name: String,
-    url: String,
+/// A PostgreSQL server on which [`TestDb`]s are made, and how their connections are opened.
+#[derive(Debug, Clone)]
+pub struct DbServer {
     admin_url: String,
-    pool: PgPool,
+    /// Where `admin_url` came from, for error messages.
+    setting: String,
+    application_name: Option<String>,
+    unix_socket_dir: Option<String>,
 }
 
-impl TestDb {
+impl DbServer {
+    /// The shared test server: `TGINGEST_TEST_PG_URL` or [`DEFAULT_SERVER_URL`].
+    pub fn from_env() -> Self {
+        Self::new(
+            server_url(),
+            &format!("TGINGEST_TEST_PG_URL, default {DEFAULT_SERVER_URL}"),
+        )
+    }
+
+    /// The server behind `admin_url` (its role must be allowed to create databases), configured
+    /// by `setting` (named in errors).
+    pub fn new(admin_url: impl Into<String>, setting: &str) -> Self {
+        Self {
+            admin_url: admin_url.into(),
+            setting: setting.to_owned(),
+            application_name: None,
+            unix_socket_dir: None,
+        }
+    }
+
+    /// Names every connection opened here (not those of the code under test) `name`.
+    pub fn application_name(mut self, name: &str) -> Self {
+        self.application_name = Some(name.to_owned());
+        self
+    }
+
+    /// With `Some(dir)`, the databases' pools and URLs use the server's Unix socket in `dir`
+    /// instead of TCP.
+    pub fn unix_socket_dir(mut self, dir: Option<String>) -> Self {
+        self.unix_socket_dir = dir;
+        self
+    }
+
     /// Creates a database and applies every migration in `migrations/`.
-    pub async fn create() -> anyhow::Result<Self> {
-        let db = Self::create_empty().await?;
+    pub async fn create_db(&self) -> anyhow::Result<TestDb> {
+        let db = self.create_empty_db().await?;
         MIGRATOR
             .run(&db.pool)
             .await
@@ -78,10 +116,9 @@ impl TestDb {
         Ok(db)
     }
 
-    /// Creates a database without running migrations (for tests of the migrations themselves).
-    pub async fn create_empty() -> anyhow::Result<Self> {
-        let admin_url = server_url();
-        let mut admin = connect_admin(&admin_url).await?;
+    /// Creates a database without running migrations.
+    pub async fn create_empty_db(&self) -> anyhow::Result<TestDb> {
+        let mut admin = self.connect_admin().await?;
         sweep_leftovers(&mut admin).await;
         let created = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -92,25 +129,92 @@ impl TestDb {
             .execute(&mut admin)
             .await
             .with_context(|| format!("creating test database {name}"))?;
-        // From here on a failure must still drop the database, which `TestDb`'s Drop does.
-        let url = database_url(&admin_url, &name)?;
-        let pool = match PgPoolOptions::new()
-            .max_connections(POOL_SIZE)
-            .connect(&url)
-            .await
-        {
-            Ok(pool) => pool,
+        // From here on a failure must still drop the database.
+        let connected = async {
+            let url = database_url(&self.admin_url, &name, self.unix_socket_dir.as_deref())
+                .with_context(|| format!("the server URL ({})", self.setting))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(POOL_SIZE)
+                .connect_with(self.options(&url)?)
+                .await
+                .with_context(|| format!("connecting to {name}"))?;
+            anyhow::Ok((url, pool))
+        }
+        .await;
+        match connected {
+            Ok((url, pool)) => Ok(TestDb {
+                name,
+                url,
+                server: self.clone(),
+                pool,
+            }),
             Err(err) => {
-                drop_database(&admin_url, &name).await.ok();
-                return Err(err).with_context(|| format!("connecting to {name}"));
+                self.drop_database(&name).await.ok();
+                Err(err)
             }
-        };
-        Ok(Self {
-            name,
-            url,
-            admin_url,
-            pool,
+        }
+    }
+
+    fn options(&self, url: &str) -> anyhow::Result<PgConnectOptions> {
+        let options = PgConnectOptions::from_str(url)?;
+        Ok(match &self.application_name {
+            Some(name) => options.application_name(name),
+            None => options,
         })
+    }
+
+    async fn connect_admin(&self) -> anyhow::Result<PgConnection> {
+        let options = self
+            .options(&self.admin_url)
+            .with_context(|| format!("the server URL ({}) is not a URL", self.setting))?;
+        // A server busy with many tests at once may refuse a connection for a moment.
+        let mut attempt = 1;
+        loop {
+            match PgConnection::connect_with(&options).await {
+                Ok(conn) => return Ok(conn),
+                Err(err) if attempt == ADMIN_CONNECT_ATTEMPTS => {
+                    return Err(err).with_context(|| {
+                        format!("connecting to the PostgreSQL server ({})", self.setting)
+                    });
+                }
+                Err(_) => attempt += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn drop_database(&self, name: &str) -> anyhow::Result<()> {
+        let mut admin = self.connect_admin().await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
+        admin.close().await.ok();
+        Ok(())
+    }
+}
+
+/// A fresh database, dropped by [`TestDb::drop_database`] or when this handle is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Empty once dropped by [`TestDb::drop_database`].
+    name: String,
+    url: String,
+    server: DbServer,
+    pool: PgPool,
+}
+
+impl TestDb {
+    /// Creates a database on the shared server and applies every migration in `migrations/`.
+    pub async fn create() -> anyhow::Result<Self> {
+        DbServer::from_env().create_db().await
+    }
+
+    /// Creates a database on the shared server without running migrations (for tests of the
+    /// migrations themselves).
+    pub async fn create_empty() -> anyhow::Result<Self> {
+        DbServer::from_env().create_empty_db().await
     }
 
     /// The database's URL, for configuring the code under test (a child process, say).
@@ -127,11 +231,33 @@ impl TestDb {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// A dedicated connection (outside the pool), e.g. to hold a lock.
+    pub async fn connect(&self) -> anyhow::Result<PgConnection> {
+        let options = self.server.options(&self.url)?;
+        PgConnection::connect_with(&options)
+            .await
+            .with_context(|| format!("connecting to {}", self.name))
+    }
+
+    /// Closes the pool and drops the database now, ending any session still in it; unlike the
+    /// drop on [`Drop`], reports a failure.
+    pub async fn drop_database(mut self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        let name = std::mem::take(&mut self.name);
+        self.server
+            .drop_database(&name)
+            .await
+            .with_context(|| format!("dropping {name}"))
+    }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
+        if self.name.is_empty() {
+            return;
+        }
+        let server = self.server.clone();
         let name = self.name.clone();
         // Drop is synchronous and may run on a runtime thread, where blocking on the runtime
         // panics: use a thread with its own runtime and wait for it.
@@ -139,7 +265,7 @@ impl Drop for TestDb {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(drop_database(&admin_url, &name))
+                .block_on(server.drop_database(&name))
         })
         .join();
         match outcome {
@@ -151,23 +277,6 @@ impl Drop for TestDb {
             Err(_) => eprintln!("testkit: dropping test database {} panicked", self.name),
         }
     }
-}
-
-async fn connect_admin(admin_url: &str) -> anyhow::Result<PgConnection> {
-    PgConnection::connect(admin_url).await.with_context(|| {
-        format!("connecting to the test PostgreSQL server (TGINGEST_TEST_PG_URL, default {DEFAULT_SERVER_URL})")
-    })
-}
-
-async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut admin = connect_admin(admin_url).await?;
-    sqlx::query(AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    admin.close().await.ok();
-    Ok(())
 }
 
 /// Drops `tgt_*` databases older than [`LEFTOVER_AGE`]; best effort, as concurrent tests sweep too.
@@ -204,12 +313,15 @@ async fn sweep_leftovers(admin: &mut PgConnection) {
     }
 }
 
-/// `admin_url` with its database replaced by `name`.
-fn database_url(admin_url: &str, name: &str) -> anyhow::Result<String> {
-    let mut url = url::Url::parse(admin_url).with_context(|| {
-        "TGINGEST_TEST_PG_URL is not a URL (expected postgres://user@host:port/db)".to_owned()
-    })?;
+/// `admin_url` with its database replaced by `name`, over the Unix socket in `socket_dir` if
+/// given.
+fn database_url(admin_url: &str, name: &str, socket_dir: Option<&str>) -> anyhow::Result<String> {
+    let mut url =
+        url::Url::parse(admin_url).context("not a URL (expected postgres://user@host:port/db)")?;
     url.set_path(&format!("/{name}"));
+    if let Some(dir) = socket_dir {
+        url.query_pairs_mut().append_pair("host", dir);
+    }
     Ok(url.into())
 }
 
@@ -450,6 +562,7 @@ mod tests {
         let url = database_url(
             "postgres://app:s3cret@db.internal:6543/postgres?sslmode=require",
             "tgt_1_abc",
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -460,7 +573,7 @@ mod tests {
 
     #[test]
     fn a_server_url_without_a_database_still_gets_one() {
-        let url = database_url("postgres://postgres@127.0.0.1:5432", "tgt_1_abc").unwrap();
+        let url = database_url("postgres://postgres@127.0.0.1:5432", "tgt_1_abc", None).unwrap();
         assert_eq!(url, "postgres://postgres@127.0.0.1:5432/tgt_1_abc");
     }
 }

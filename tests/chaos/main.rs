@@ -343,10 +343,11 @@ async fn consumer_sigkill_mid_batch_repeatedly() {
                 let before = ownership_moves(p).await;
                 p.kill_and_replace_consumer(victim).await?;
                 kills += 1;
-                let until = Instant::now() + Duration::from_secs(20);
-                while ownership_moves(p).await == before && Instant::now() < until {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                // The next kill waits for the group to move the partitions, or 20 s at most.
+                testkit::eventually(Duration::from_secs(20), async || {
+                    ownership_moves(p).await != before
+                })
+                .await;
             }
             Ok(format!("{kills} SIGKILLs of owning consumers"))
         },

@@ -7,13 +7,13 @@
 //! (partition, offset) holds a record with the same update id and bytes; (5) is checked during
 //! broker outages by the fault driver ([`crate::outage_watch`]); (6) every generated update
 //! reached Kafka; (7) no offset gaps were recorded. Per-record accounting is
-//! `consumer::check::InvariantChecker`; this module adds the generated-update view.
+//! `testkit::invariants::InvariantChecker`; this module adds the generated-update view.
 
 use std::collections::{BTreeMap, HashMap};
 
-use consumer::check::{InvariantChecker, ProducedRecord, Violation};
 use processor::wire::{self, header};
 use sha2::{Digest, Sha256};
+use testkit::invariants::{InvariantChecker, ProducedRecord, Violation};
 
 use crate::pipeline::{Generated, Pipeline};
 use crate::special::Expect;

@@ -211,30 +211,14 @@ impl WebhookReceiver {
 
     /// Waits until at least `n` requests were answered.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let received = self.received();
-            if received.len() >= n {
-                return received;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {n} webhook requests arrived",
-                received.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// Waits until `condition` holds (polling), failing after 15 s with `what`.
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !condition() {
+        let arrived =
+            testkit::eventually(Duration::from_secs(15), async || self.received().len() >= n).await;
+        let received = self.received();
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            arrived,
+            "only {} of {n} webhook requests arrived",
+            received.len()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        received
     }
 }

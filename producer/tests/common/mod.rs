@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use botsim::{BotApi, BotApiConfig, BotInfo};
@@ -30,21 +30,6 @@ pub const TOKENS: [&str; 2] = [
 ];
 /// Ids of the test bots.
 pub const BOT_IDS: [i64; 2] = [7_000_000_001, 7_000_000_002];
-
-/// Fixture files (name, bytes) from tests/fixtures/updates, sorted by name.
-pub fn fixtures() -> Vec<(String, Vec<u8>)> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/updates");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-            out.push((name, std::fs::read(&path).unwrap()));
-        }
-    }
-    out.sort();
-    out
-}
 
 /// The fake Telegram with the test bots registered.
 pub async fn start_botsim(bots: usize) -> BotApi {
@@ -206,20 +191,6 @@ pub async fn count_records(broker: &TestBroker, topic: &str) -> usize {
     read_topic(broker, topic, usize::MAX, Duration::from_secs(3))
         .await
         .len()
-}
-
-/// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
-pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// getUpdates requests botsim answered, in order.

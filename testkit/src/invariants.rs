@@ -1,5 +1,5 @@
-//! The invariant checker: proves, from outside the consumer, that every produced record's effect
-//! is in PostgreSQL exactly once (DESIGN.md §5), for chaos and end-to-end tests.
+//! The exactly-once checker: proves, from outside the consumer, that every produced record's
+//! effect is in PostgreSQL exactly once (DESIGN.md §5), for chaos and end-to-end tests.
 //!
 //! It is given the manifest of what was produced (topic, partition, offset, key, value bytes,
 //! headers) and never calls `processor::normalize`: a record is accounted for by a `raw_updates`
@@ -302,4 +302,14 @@ impl InvariantChecker {
         }
         Ok(report)
     }
+}
+
+/// Runs the checker for `group` in the database behind `pool`; panics listing the violations
+/// unless every invariant holds.
+pub async fn assert_invariants(pool: &PgPool, group: &str, manifest: &[ProducedRecord]) {
+    InvariantChecker::new(pool.clone(), group)
+        .check(manifest)
+        .await
+        .expect("the checker runs")
+        .assert_ok();
 }

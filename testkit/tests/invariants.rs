@@ -1,21 +1,19 @@
-//! The invariant checker notices every kind of damage it is meant to catch (a checker that
+//! The exactly-once checker notices every kind of damage it is meant to catch (a checker that
 //! cannot fail would prove nothing).
 #![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use consumer::ConsumerStats;
-use consumer::check::{InvariantChecker, ProducedRecord, Violation};
 use consumer::offsets::OffsetStore;
 use consumer::projection::ProjectionSchema;
 use consumer::record::ConsumedRecord;
 use consumer::writer::{BatchWriter, PreparedRecord};
 use processor::wire::header;
 use testkit::TestDb;
+use testkit::invariants::{InvariantChecker, ProducedRecord, Violation};
+use testkit::updates::{BOT, message};
 
 const TOPIC: &str = "t";
 
