@@ -132,3 +132,94 @@ fn the_component_contract_depends_on_no_other_workspace_crate() {
         "component is the leaf contract, found {inner:?}"
     );
 }
+
+/// The top-level modules of one crate's `src/` and, for each, the top-level modules of the same
+/// crate it names through `crate::…` paths (in `use` items or inline).
+fn module_references(
+    src: &std::path::Path,
+) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(src, &mut all);
+    let mut references: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for path in all {
+        let relative = path.strip_prefix(src).unwrap();
+        let first = relative
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        let module = first.trim_end_matches(".rs").to_owned();
+        if module == "lib" || module == "main" || module == "bin" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let entry = references.entry(module.clone()).or_default();
+        for (at, _) in text.match_indices("crate::") {
+            let rest = &text[at + "crate::".len()..];
+            let names: Vec<String> = if let Some(group) = rest.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                group[..end]
+                    .split(',')
+                    .map(|item| item.trim().split("::").next().unwrap_or("").to_owned())
+                    .collect()
+            } else {
+                let end = rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                vec![rest[..end].to_owned()]
+            };
+            for name in names {
+                if !name.is_empty() && name != module && name != "self" {
+                    entry.insert(name);
+                }
+            }
+        }
+    }
+    references
+}
+
+#[test]
+fn no_module_imports_a_module_that_imports_it_back() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crates = [
+        ".",
+        "processor",
+        "component",
+        "producer",
+        "consumer",
+        "botsim",
+        "testkit",
+        "embedded-broker",
+        "bench",
+    ];
+    let mut cycles = Vec::new();
+    for krate in crates {
+        let references = module_references(&root.join(krate).join("src"));
+        for (module, names) in &references {
+            for other in names {
+                if module < other
+                    && references
+                        .get(other)
+                        .is_some_and(|back| back.contains(module))
+                {
+                    cycles.push(format!("{krate}: {module} <-> {other}"));
+                }
+            }
+        }
+    }
+    assert!(
+        cycles.is_empty(),
+        "modules that import each other: {cycles:?}"
+    );
+}
