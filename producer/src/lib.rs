@@ -12,9 +12,9 @@
 //! `message.max.bytes`) is published as a `tg-error` envelope ([`update`]) so it never blocks the
 //! confirm.
 //!
-//! Startup: getMe for each token (through teloxide) learns the bot ids; a rejected token ends
-//! [`run`] with `bot #N: token rejected by Telegram (401 Unauthorized)` — bots are named by
-//! position, never by token. The topic must exist. Library code never reads the environment and
+//! Startup: getMe for each token learns the bot ids (only `id` and `username` are read); a
+//! rejected token ends [`run`] with `bot #N: token rejected by Telegram (401 Unauthorized)` — bots
+//! are named by position, never by token. The topic must exist. Library code never reads the environment and
 //! never logs a secret.
 
 pub mod config;
