@@ -500,11 +500,9 @@ fn webhook_settings(args: &ProducerArgs, env: &dyn Env) -> Result<SecretString, 
     if let Some(public) = &args.webhook_public_url {
         let url = url::Url::parse(public)
             .map_err(|e| ConfigError::new("WEBHOOK_PUBLIC_URL", format!("not a URL ({e})")))?;
-        if url.scheme() != "https" {
-            return Err(ConfigError::new(
-                "WEBHOOK_PUBLIC_URL",
-                "Telegram delivers webhooks only to https:// URLs",
-            ));
+        if let Ok(api_url) = url::Url::parse(&args.telegram_api_url) {
+            producer::config::check_public_url(&api_url, &url)
+                .map_err(|reason| ConfigError::new("WEBHOOK_PUBLIC_URL", reason))?;
         }
     }
     let secret = secret(env, "TELEGRAM_WEBHOOK_SECRET")?.ok_or_else(|| {

@@ -103,10 +103,12 @@ impl ProducerConfig {
                 }
             }
             IntakeMode::Webhook(webhook) => {
-                if let Some(url) = &webhook.public_url
-                    && url.cannot_be_a_base()
-                {
-                    return Err(ConfigError("webhook.public_url: not a base URL".into()));
+                if let Some(url) = &webhook.public_url {
+                    if url.cannot_be_a_base() {
+                        return Err(ConfigError("webhook.public_url: not a base URL".into()));
+                    }
+                    check_public_url(&self.api_url, url)
+                        .map_err(|reason| ConfigError(format!("webhook.public_url: {reason}")))?;
                 }
             }
         }
@@ -229,6 +231,28 @@ impl Default for BackoffPolicy {
     }
 }
 
+/// Whether Telegram at `api_url` can deliver webhooks to `public_url`: Telegram's cloud API
+/// delivers only to `https://`; a self-hosted Bot API server (any other `api_url`) also to
+/// `http://`. The error is the reason, for the caller to prefix with the setting's name.
+pub fn check_public_url(api_url: &Url, public_url: &Url) -> Result<(), &'static str> {
+    match public_url.scheme() {
+        "https" => Ok(()),
+        "http" if !is_telegram_cloud(api_url) => Ok(()),
+        "http" => Err(
+            "Telegram's cloud API delivers webhooks only to https:// URLs (http:// needs a \
+             self-hosted Bot API server)",
+        ),
+        _ => Err("must be an https:// URL"),
+    }
+}
+
+/// Whether `api_url` is Telegram's cloud Bot API rather than a self-hosted server.
+pub fn is_telegram_cloud(api_url: &Url) -> bool {
+    api_url
+        .host_str()
+        .is_some_and(|host| host.eq_ignore_ascii_case("api.telegram.org"))
+}
+
 /// A configuration rule was broken; the message names the setting.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -290,6 +314,31 @@ mod tests {
                 .to_string()
                 .starts_with("polling.limit")
         );
+    }
+
+    #[test]
+    fn an_http_webhook_url_is_accepted_only_with_a_self_hosted_bot_api() {
+        let http: Url = "http://ingest.internal:8443".parse().unwrap();
+        let cloud: Url = TELEGRAM_API_URL.parse().unwrap();
+        let self_hosted: Url = "http://bot-api.internal:8081".parse().unwrap();
+        assert!(check_public_url(&cloud, &http).is_err());
+        assert!(check_public_url(&self_hosted, &http).is_ok());
+        let https: Url = "https://ingest.example.com".parse().unwrap();
+        assert!(check_public_url(&cloud, &https).is_ok());
+        let ftp: Url = "ftp://ingest.example.com".parse().unwrap();
+        assert!(check_public_url(&self_hosted, &ftp).is_err());
+
+        let mut config = config();
+        let mut webhook = WebhookConfig::new(
+            "127.0.0.1:8443".parse().unwrap(),
+            SecretString::from("s".to_owned()),
+        );
+        webhook.public_url = Some(http);
+        config.mode = IntakeMode::Webhook(webhook);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("webhook.public_url: "), "{error}");
+        config.api_url = self_hosted;
+        config.validate().unwrap();
     }
 
     #[test]

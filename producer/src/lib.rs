@@ -124,6 +124,13 @@ pub async fn run(
                     format!("cannot listen on the webhook address {}", webhook.listen)
                 })?;
             if let Some(public_url) = &webhook.public_url {
+                if public_url.scheme() == "http" {
+                    tracing::warn!(
+                        url = %public_url,
+                        "the webhook URL is http://: updates and the secret cross the network \
+                         unencrypted (accepted because the Bot API is a self-hosted server)"
+                    );
+                }
                 for bot in &bots {
                     register_webhook(bot, public_url, &webhook).await?;
                 }
