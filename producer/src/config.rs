@@ -103,6 +103,11 @@ impl ProducerConfig {
                 }
             }
             IntakeMode::Webhook(webhook) => {
+                if webhook.body_timeout.is_zero() || webhook.max_concurrent_requests == 0 {
+                    return Err(ConfigError(
+                        "webhook: body_timeout and max_concurrent_requests must be positive".into(),
+                    ));
+                }
                 if let Some(url) = &webhook.public_url {
                     if url.cannot_be_a_base() {
                         return Err(ConfigError("webhook.public_url: not a base URL".into()));
@@ -188,16 +193,25 @@ pub struct WebhookConfig {
     pub secret_token: SecretString,
     /// `allowed_updates` sent with `setWebhook`.
     pub allowed_updates: Vec<String>,
+    /// How long an authenticated request may wait for its turn and then take to send its body
+    /// (answered 503 and 408 beyond it; Telegram retries both).
+    pub body_timeout: Duration,
+    /// Authenticated requests handled at once; more wait (up to `body_timeout`) for a turn. Each
+    /// may hold a body of up to 16 MiB.
+    pub max_concurrent_requests: usize,
 }
 
 impl WebhookConfig {
-    /// A webhook listening on `listen`, not registering itself, allowing every update kind.
+    /// A webhook listening on `listen`, not registering itself, allowing every update kind; 10 s
+    /// body timeout, 64 requests at once.
     pub fn new(listen: SocketAddr, secret_token: SecretString) -> Self {
         Self {
             listen,
             public_url: None,
             secret_token,
             allowed_updates: all_update_kinds(),
+            body_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 64,
         }
     }
 }
@@ -209,6 +223,8 @@ impl std::fmt::Debug for WebhookConfig {
             .field("public_url", &self.public_url.as_ref().map(Url::as_str))
             .field("secret_token", &"<redacted>")
             .field("allowed_updates", &self.allowed_updates)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
             .finish()
     }
 }

@@ -139,7 +139,7 @@ pub async fn run(
             webhook::serve(
                 listener,
                 ids,
-                webhook.secret_token,
+                &webhook,
                 Arc::clone(&publisher),
                 message_max_bytes,
                 shutdown,
