@@ -37,7 +37,6 @@ const FINAL_CONFIRM_MAX_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct PollContext {
     pub(crate) polling: PollingConfig,
     pub(crate) backoff: BackoffPolicy,
-    pub(crate) message_max_bytes: usize,
     pub(crate) publisher: Arc<Publisher>,
     pub(crate) readiness: Arc<dyn ReadinessReporter>,
 }
@@ -153,17 +152,11 @@ impl Poller {
         let received_at = Instant::now();
         self.oldest_unconfirmed.get_or_insert(received_at);
         let received_ms = unix_millis();
+        let limit = self.context.publisher.record_limit();
         let originals: Vec<&[u8]> = updates.iter().map(|u| u.get().as_bytes()).collect();
         let mut records: Vec<OutgoingRecord> = originals
             .iter()
-            .map(|raw| {
-                record_for(
-                    self.bot.id,
-                    raw,
-                    received_ms,
-                    self.context.message_max_bytes,
-                )
-            })
+            .map(|raw| record_for(self.bot.id, raw, received_ms, limit))
             .collect();
         for record in &records {
             metrics::received(self.bot.id, &record.kind);

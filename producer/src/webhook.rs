@@ -57,7 +57,6 @@ struct WebhookState {
     bots: HashMap<i64, usize>,
     secret: SecretString,
     publisher: Arc<Publisher>,
-    message_max_bytes: usize,
     body_timeout: Duration,
     /// One permit per authenticated request being read or published.
     turns: Arc<Semaphore>,
@@ -70,14 +69,12 @@ pub(crate) async fn serve(
     bots: HashMap<i64, usize>,
     config: &WebhookConfig,
     publisher: Arc<Publisher>,
-    message_max_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = Arc::new(WebhookState {
         bots,
         secret: config.secret_token.clone(),
         publisher,
-        message_max_bytes,
         body_timeout: config.body_timeout,
         turns: Arc::new(Semaphore::new(config.max_concurrent_requests)),
     });
@@ -157,7 +154,7 @@ async fn receive(
         bot_id,
         &body,
         unix_millis(),
-        state.message_max_bytes,
+        state.publisher.record_limit(),
     )];
     metrics::received(bot_id, &records[0].kind);
     if let Some(reason) = records[0].envelope {
@@ -167,25 +164,16 @@ async fn receive(
             "webhook update published as a tg-error envelope"
         );
     }
-    // A second attempt only when the first replaced the record by its envelope (too large for the
-    // broker): the envelope is small and must not wait for Telegram's retry, which would fail
-    // the same way.
-    for _ in 0..2 {
-        let before = records[0].envelope;
-        let outcome = state.publisher.publish(&mut records, &[&body]).await.pop();
-        match outcome {
-            Some(RecordOutcome::Acked) => return StatusCode::OK,
-            Some(RecordOutcome::Failed(error)) => {
-                if records[0].envelope != before {
-                    continue;
-                }
-                tracing::warn!(bot = position, update_id = ?records[0].update_id, %error, "Kafka did not acknowledge a webhook update (503; Telegram retries)");
-                return StatusCode::SERVICE_UNAVAILABLE;
-            }
-            None => break,
+    // A record refused for its size was replaced by its envelope and that was sent, within
+    // the one call: Telegram's retry would fail the same way.
+    match state.publisher.publish(&mut records, &[&body]).await.pop() {
+        Some(RecordOutcome::Acked) => StatusCode::OK,
+        Some(RecordOutcome::Failed(error)) => {
+            tracing::warn!(bot = position, update_id = ?records[0].update_id, %error, "Kafka did not acknowledge a webhook update (503; Telegram retries)");
+            StatusCode::SERVICE_UNAVAILABLE
         }
+        None => StatusCode::SERVICE_UNAVAILABLE,
     }
-    StatusCode::SERVICE_UNAVAILABLE
 }
 
 /// Counts a request refused before Kafka; logged at debug only, since anyone can cause these and
