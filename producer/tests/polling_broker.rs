@@ -285,21 +285,9 @@ async fn a_lone_surrogate_and_a_nul_arrive_byte_identical_and_their_batch_mates_
 async fn an_oversized_update_becomes_a_tg_error_envelope_and_is_confirmed_broker() {
     let api = start_botsim(1).await;
     let (broker, topic) = start_broker().await;
-    let small = api
-        .push_kind(
-            TOKENS[0],
-            "message",
-            br#"{"message_id":1,"chat":{"id":9},"text":"small"}"#,
-        )
-        .unwrap();
+    let small = push_message(&api, 1, 9, "small");
     let text = "y".repeat(40_000);
-    let big = api
-        .push_kind(
-            TOKENS[0],
-            "message",
-            format!(r#"{{"message_id":2,"chat":{{"id":9}},"text":"{text}"}}"#).as_bytes(),
-        )
-        .unwrap();
+    let big = push_message(&api, 2, 9, &text);
     let mut config = polling_config(&api, &broker, &topic, 1);
     config.message_max_bytes = 16_384;
     let producer = RunningProducer::spawn(config);
@@ -314,10 +302,7 @@ async fn an_oversized_update_becomes_a_tg_error_envelope_and_is_confirmed_broker
     producer.stop().await.unwrap();
 
     assert_eq!(records.len(), 2);
-    let envelope = records
-        .iter()
-        .find(|r| r.header(header::UPDATE_ID) == Some(big.to_string().as_str()))
-        .unwrap();
+    let envelope = record_of(&records, big);
     let error = envelope.header(header::ERROR).unwrap();
     assert!(error.starts_with("too_large"), "{error}");
     assert!(envelope.value.len() < 2_000, "the envelope is small");

@@ -22,28 +22,10 @@ async fn an_update_the_broker_refuses_becomes_a_hashed_envelope_and_its_batch_ma
  {
     let api = start_botsim(1).await;
     let (broker, topic) = start_broker().await;
-    let before = api
-        .push_kind(
-            TOKENS[0],
-            "message",
-            br#"{"message_id":1,"chat":{"id":9},"text":"a"}"#,
-        )
-        .unwrap();
+    let before = push_message(&api, 1, 9, "a");
     let text = "z".repeat(20_000);
-    let big = api
-        .push_kind(
-            TOKENS[0],
-            "message",
-            format!(r#"{{"message_id":2,"chat":{{"id":9}},"text":"{text}"}}"#).as_bytes(),
-        )
-        .unwrap();
-    let after = api
-        .push_kind(
-            TOKENS[0],
-            "message",
-            br#"{"message_id":3,"chat":{"id":9},"text":"c"}"#,
-        )
-        .unwrap();
+    let big = push_message(&api, 2, 9, &text);
+    let after = push_message(&api, 3, 9, "c");
     let big_bytes = format!(
         r#"{{"update_id":{big},"message":{{"message_id":2,"chat":{{"id":9}},"text":"{text}"}}}}"#
     );
@@ -66,10 +48,7 @@ async fn an_update_the_broker_refuses_becomes_a_hashed_envelope_and_its_batch_ma
     let records = read_topic(&broker, &topic, usize::MAX, Duration::from_secs(3)).await;
     assert_eq!(records.len(), 3, "nothing is written twice: {records:#?}");
     for innocent in [before, after] {
-        let record = records
-            .iter()
-            .find(|r| r.header(header::UPDATE_ID) == Some(innocent.to_string().as_str()))
-            .unwrap();
+        let record = record_of(&records, innocent);
         assert_eq!(
             record.header(header::ERROR),
             None,
@@ -81,10 +60,7 @@ async fn an_update_the_broker_refuses_becomes_a_hashed_envelope_and_its_batch_ma
                 .starts_with(format!(r#"{{"update_id":{innocent},"#).as_bytes())
         );
     }
-    let envelope = records
-        .iter()
-        .find(|r| r.header(header::UPDATE_ID) == Some(big.to_string().as_str()))
-        .unwrap();
+    let envelope = record_of(&records, big);
     let error = envelope.header(header::ERROR).unwrap();
     assert!(error.starts_with("too_large"), "{error}");
     assert_eq!(envelope.key, format!("{}:9", BOT_IDS[0]));

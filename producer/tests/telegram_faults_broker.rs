@@ -235,13 +235,7 @@ async fn a_bot_api_that_omits_optional_getme_fields_is_served_broker() {
     let api = start_botsim(1).await;
     api.set_minimal_get_me(true);
     let (broker, topic) = start_broker().await;
-    let id = api
-        .push_kind(
-            TOKENS[0],
-            "message",
-            br#"{"message_id":1,"chat":{"id":3},"text":"hi"}"#,
-        )
-        .unwrap();
+    let id = push_message(&api, 1, 3, "hi");
     let mut producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
     let confirmed = eventually(Duration::from_secs(30), || {
         producer.is_finished() || api.confirmed_offset(TOKENS[0]) == Some(id + 1)

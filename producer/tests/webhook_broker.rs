@@ -37,6 +37,22 @@ async fn wait_listening(addr: SocketAddr) {
     assert!(up, "the webhook endpoint never listened on {addr}");
 }
 
+/// One bot behind a webhook producer with [`SECRET`], listening.
+async fn serve_webhook() -> (
+    botsim::BotApi,
+    testkit::TestBroker,
+    String,
+    RunningProducer,
+    SocketAddr,
+) {
+    let api = start_botsim(1).await;
+    let (broker, topic) = start_broker().await;
+    let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
+    let producer = RunningProducer::spawn(config);
+    wait_listening(addr).await;
+    (api, broker, topic, producer, addr)
+}
+
 fn update(id: i64, chat: i64, text: &str) -> Vec<u8> {
     format!(r#"{{"update_id":{id},"message":{{"message_id":{id},"chat":{{"id":{chat}}},"text":"{text}"}}}}"#)
         .into_bytes()
@@ -44,11 +60,7 @@ fn update(id: i64, chat: i64, text: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_or_missing_secret_is_refused_with_401_and_writes_nothing_broker() {
-    let api = start_botsim(1).await;
-    let (broker, topic) = start_broker().await;
-    let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
-    let producer = RunningProducer::spawn(config);
-    wait_listening(addr).await;
+    let (_api, broker, topic, producer, addr) = serve_webhook().await;
 
     let bot = BOT_IDS[0];
     assert_eq!(post(addr, bot, None, &update(1, 1, "no secret")).await, 401);
@@ -288,11 +300,7 @@ fn rss_kib() -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_is_refused_before_the_body_is_read_broker() {
-    let api = start_botsim(1).await;
-    let (broker, topic) = start_broker().await;
-    let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
-    let producer = RunningProducer::spawn(config);
-    wait_listening(addr).await;
+    let (_api, broker, topic, producer, addr) = serve_webhook().await;
     let bot = BOT_IDS[0];
 
     // Two hundred unauthenticated requests, each 512 KiB into a body that never finishes.
