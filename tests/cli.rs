@@ -173,3 +173,30 @@ fn an_unknown_kafka_client_option_is_caught_by_check_config() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("bogus.option"), "{}", stderr(&out));
 }
+
+#[test]
+fn an_http_webhook_url_is_accepted_for_a_self_hosted_bot_api_and_refused_for_the_cloud() {
+    let webhook = [
+        ("KAFKA_BROKERS", "k:9092"),
+        ("TELEGRAM_BOT_TOKENS", "1:a"),
+        ("PRODUCER_MODE", "webhook"),
+        ("TELEGRAM_WEBHOOK_SECRET", "s3cret"),
+        ("WEBHOOK_PUBLIC_URL", "http://ingest.internal:8443"),
+    ];
+    let mut self_hosted = webhook.to_vec();
+    self_hosted.push(("TELEGRAM_API_URL", "http://bot-api.internal:8081"));
+    let out = tgingest(&["producer", "--check-config"], &self_hosted);
+    assert!(
+        out.status.success(),
+        "a self-hosted Bot API server delivers to http://: {}",
+        stderr(&out)
+    );
+
+    let out = tgingest(&["producer", "--check-config"], &webhook);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: invalid configuration: WEBHOOK_PUBLIC_URL: "),
+        "{}",
+        stderr(&out)
+    );
+}

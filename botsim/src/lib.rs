@@ -6,7 +6,9 @@
 //! `deleteWebhook`, `getWebhookInfo`; webhook push mode delivers pending updates by POST with
 //! retries. Method names are case-insensitive; parameters come from the query string, a form, JSON
 //! or multipart body. Faults ([`Fault`]) are injected per bot and consumed by the next matching
-//! requests. Every request is recorded ([`BotApi::requests`]).
+//! requests. Every request is recorded ([`BotApi::requests`]). A token can be revoked at run time
+//! ([`BotApi::set_token_revoked`]), and getMe can leave out its optional fields
+//! ([`BotApi::set_minimal_get_me`]).
 //!
 //! Guarantees a test can rely on:
 //! - An update's bytes are served exactly as pushed (`\u0000`, lone surrogates, unknown kinds and
@@ -47,6 +49,7 @@ mod webhook;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -151,6 +154,8 @@ pub(crate) struct Shared {
     rng: Mutex<ChaCha8Rng>,
     http: reqwest::Client,
     shutdown: CancellationToken,
+    /// getMe answers only the fields the Bot API always sends (see [`BotApi::set_minimal_get_me`]).
+    minimal_get_me: AtomicBool,
 }
 
 impl Shared {
@@ -202,6 +207,7 @@ impl BotApi {
             attempts: Mutex::new(Vec::new()),
             http,
             shutdown: CancellationToken::new(),
+            minimal_get_me: AtomicBool::new(false),
         });
         let router = axum::Router::new()
             .fallback(server::handle)
@@ -349,6 +355,21 @@ impl BotApi {
             });
             state.jump_update_ids(restart_at);
         }
+        Ok(())
+    }
+
+    /// With `true`, getMe answers only `id`, `is_bot`, `first_name` and `username`, leaving out the
+    /// fields the Bot API marks optional (`can_join_groups`, `has_main_web_app`, …), as an older
+    /// self-hosted Bot API server or a proxy does.
+    pub fn set_minimal_get_me(&self, minimal: bool) {
+        self.shared.minimal_get_me.store(minimal, Ordering::Relaxed);
+    }
+
+    /// Revokes the token (`true`) or restores it (`false`) at run time: while revoked, every
+    /// request with it is answered 401 Unauthorized, as Telegram answers after `/revoke` in
+    /// BotFather. The bot's queue is kept. Requests already waiting in a long poll finish normally.
+    pub fn set_token_revoked(&self, token: &str, revoked: bool) -> anyhow::Result<()> {
+        self.bot(token)?.lock().revoked = revoked;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! in the token map.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
@@ -233,7 +234,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         record.offset = params.get("offset").map(|_| params.integer("offset", 0));
         record.params = params.clone();
     }
-    let Some(bot) = shared.bot(token) else {
+    let Some(bot) = shared.bot(token).filter(|bot| !bot.lock().revoked) else {
         return recorder.finish(Reply::error(401, "Unauthorized"));
     };
     recorder.record.bot = Some(bot.bot_ref());
@@ -258,7 +259,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     }
 
     let reply = match method.as_str() {
-        "getme" => get_me(&bot),
+        "getme" => get_me(&bot, shared.minimal_get_me.load(Ordering::Relaxed)),
         "getupdates" => get_updates(&shared, &bot, &params).await,
         "setwebhook" => set_webhook(&shared, &bot, &params, false),
         "deletewebhook" => set_webhook(&shared, &bot, &params, true),
@@ -268,32 +269,39 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     recorder.finish(reply)
 }
 
+/// getMe's answer; the `Option` fields are the ones the Bot API marks optional.
 #[derive(Serialize)]
 struct Me<'a> {
     id: i64,
     is_bot: bool,
     first_name: &'a str,
     username: &'a str,
-    can_join_groups: bool,
-    can_read_all_group_messages: bool,
-    supports_inline_queries: bool,
-    can_connect_to_business: bool,
-    has_main_web_app: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    can_join_groups: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    can_read_all_group_messages: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    supports_inline_queries: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    can_connect_to_business: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    has_main_web_app: Option<bool>,
 }
 
-fn get_me(bot: &Bot) -> Reply {
+fn get_me(bot: &Bot, minimal: bool) -> Reply {
     let state = bot.lock();
+    let optional = |value: bool| (!minimal).then_some(value);
     let me = Me {
         id: state.info.id,
         is_bot: true,
         first_name: &state.info.first_name,
         username: &state.info.username,
-        can_join_groups: true,
+        can_join_groups: optional(true),
         // An ingestion bot runs with privacy mode off, so it sees every group message.
-        can_read_all_group_messages: true,
-        supports_inline_queries: false,
-        can_connect_to_business: false,
-        has_main_web_app: false,
+        can_read_all_group_messages: optional(true),
+        supports_inline_queries: optional(false),
+        can_connect_to_business: optional(false),
+        has_main_web_app: optional(false),
     };
     match serde_json::to_vec(&me) {
         Ok(json) => Reply::ok(json),

@@ -142,6 +142,8 @@ pub(crate) struct BotState {
     pub webhook_generation: u64,
     /// Unix time and text of the latest failed webhook delivery.
     pub last_webhook_error: Option<(i64, String)>,
+    /// The token was revoked: every request is answered 401.
+    pub revoked: bool,
 }
 
 impl BotState {
@@ -161,6 +163,7 @@ impl BotState {
             webhook: None,
             webhook_generation: 0,
             last_webhook_error: None,
+            revoked: false,
         }
     }
 

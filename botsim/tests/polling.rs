@@ -446,3 +446,34 @@ async fn a_long_poll_abandoned_by_its_client_is_recorded_as_499() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_minimal_get_me_leaves_out_every_optional_field() {
+    let h = start().await;
+    h.api.set_minimal_get_me(true);
+    let me = h.get("getMe", "").await.json();
+    assert_eq!(
+        me["result"],
+        json!({"id": BOT_ID, "is_bot": true, "first_name": "Ingest Test", "username": "ingest_test_bot"})
+    );
+    h.api.set_minimal_get_me(false);
+    assert_eq!(
+        h.get("getMe", "").await.json()["result"]["has_main_web_app"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_unauthorized_until_restored_and_keeps_its_queue() {
+    let h = start().await;
+    h.push("message", message("kept"));
+    h.api.set_token_revoked(TOKEN, true).unwrap();
+    for method in ["getMe", "getUpdates"] {
+        let answer = h.get(method, "").await;
+        assert_eq!(answer.status, 401, "{method}");
+        assert_eq!(answer.description(), "Unauthorized");
+    }
+    h.api.set_token_revoked(TOKEN, false).unwrap();
+    assert_eq!(h.get("getMe", "").await.status, 200);
+    assert_eq!(h.get("getUpdates", "").await.update_ids().len(), 1);
+}

@@ -7,8 +7,9 @@
 //! - the record key: `"{bot_id}:{chat_id}"`, `"{bot_id}:u{user_id}"` or `"{bot_id}"`
 //!   ([`record_key`]), and the bot id read back from it ([`bot_id_of_key`]);
 //! - the `tg-error` envelope that replaces bytes which cannot be published as an update: its
-//!   headers ([`envelope_headers`]), its value ([`envelope_value`]) and the original bytes read
-//!   back from that value ([`envelope_original`]);
+//!   headers ([`envelope_headers`]), its value ([`envelope_value`],
+//!   [`envelope_value_identified`]), and what is read back from that value: the original bytes
+//!   ([`envelope_original`]) and the summary ([`envelope_summary`]);
 //! - headers as JSON (`dead_letters.headers`) and back ([`headers_to_json`], [`headers_from_json`]);
 //! - [`hex`] and [`unhex`], the lowercase hex that JSON uses for bytes that are not UTF-8.
 //!
@@ -23,12 +24,17 @@
 //!  "original": "<the original bytes as a JSON string, when they are UTF-8 and fit>"}
 //! ```
 //!
-//! `original_hex` replaces `original` for bytes that are not UTF-8 (webhook bodies only). The
-//! `tg-error` header holds `"{reason}: {detail}"`; `tg-original-size` the original length.
+//! `original_hex` replaces `original` for bytes that are not UTF-8 (webhook bodies only). An
+//! envelope that cannot carry the original (the broker refused it for its size) identifies it
+//! instead: `tg_error.original_sha256` is the lowercase hex SHA-256 of the original bytes
+//! ([`envelope_value_identified`]). Envelopes written before that field existed decode the same
+//! ([`envelope_summary`] answers `None` for the hash). The `tg-error` header holds
+//! `"{reason}: {detail}"`; `tg-original-size` the original length.
 
 use std::fmt::Write;
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// The header names of an updates-topic record.
 pub mod header {
@@ -178,6 +184,46 @@ pub fn envelope_value(
         }
     };
     value.to_string().into_bytes()
+}
+
+/// The value of an envelope that leaves `original` out and identifies it by its size and SHA-256:
+/// for bytes that cannot travel at all (the broker refused them for their size).
+pub fn envelope_value_identified(reason: EnvelopeReason, detail: &str, original: &[u8]) -> Vec<u8> {
+    let summary = serde_json::json!({
+        "reason": reason.as_str(),
+        "detail": detail,
+        "original_size": original.len(),
+        "original_sha256": hex(&Sha256::digest(original)),
+    });
+    serde_json::json!({ "tg_error": summary })
+        .to_string()
+        .into_bytes()
+}
+
+/// What an envelope's value says about the bytes it replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeSummary {
+    /// [`EnvelopeReason::as_str`] of the reason (kept as text: a newer producer may add reasons).
+    pub reason: String,
+    /// The producer's detail.
+    pub detail: String,
+    /// The original length in bytes.
+    pub original_size: Option<u64>,
+    /// Lowercase hex SHA-256 of the original, in envelopes that left it out for its size.
+    pub original_sha256: Option<String>,
+}
+
+/// The summary of an envelope's value; `None` for a value that is not an envelope.
+pub fn envelope_summary(value: &[u8]) -> Option<EnvelopeSummary> {
+    let value: Value = serde_json::from_slice(value).ok()?;
+    let summary = value.get("tg_error")?;
+    let text = |name: &str| summary.get(name).and_then(Value::as_str).map(str::to_owned);
+    Some(EnvelopeSummary {
+        reason: text("reason")?,
+        detail: text("detail").unwrap_or_default(),
+        original_size: summary.get("original_size").and_then(Value::as_u64),
+        original_sha256: text("original_sha256"),
+    })
 }
 
 /// The original bytes inside an envelope's value, when it kept them.
@@ -364,6 +410,54 @@ mod tests {
                 .unwrap(),
             r#"{"tg_error":{"detail":"d","original_size":3,"reason":"too_large"}}"#
         );
+    }
+
+    #[test]
+    fn an_identified_envelope_has_its_exact_bytes_and_no_original() {
+        let value = envelope_value_identified(EnvelopeReason::TooLarge, "d", b"abc");
+        assert_eq!(
+            String::from_utf8(value.clone()).unwrap(),
+            r#"{"tg_error":{"detail":"d","original_sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","original_size":3,"reason":"too_large"}}"#
+        );
+        assert_eq!(envelope_original(&value), None);
+        assert_eq!(
+            envelope_summary(&value).unwrap().original_sha256.as_deref(),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+    }
+
+    #[test]
+    fn envelopes_without_a_hash_still_decode() {
+        for (value, reason) in [
+            (
+                envelope_value(EnvelopeReason::TooLarge, "big", b"abc", false),
+                "too_large",
+            ),
+            (
+                envelope_value(EnvelopeReason::NotJson, "nj", &[0xff], true),
+                "not_json",
+            ),
+        ] {
+            let summary = envelope_summary(&value).unwrap();
+            assert_eq!(summary.reason, reason);
+            assert_eq!(summary.original_sha256, None);
+        }
+        assert_eq!(
+            envelope_summary(&envelope_value(
+                EnvelopeReason::TooLarge,
+                "big",
+                b"abc",
+                false
+            )),
+            Some(EnvelopeSummary {
+                reason: "too_large".into(),
+                detail: "big".into(),
+                original_size: Some(3),
+                original_sha256: None,
+            })
+        );
+        assert_eq!(envelope_summary(br#"{"update_id":1}"#), None);
+        assert_eq!(envelope_summary(b"not json"), None);
     }
 
     #[test]

@@ -108,13 +108,27 @@ impl ProducerConfig {
                 }
             }
             IntakeMode::Webhook(webhook) => {
-                if let Some(url) = &webhook.public_url
-                    && url.cannot_be_a_base()
-                {
+                if webhook.body_timeout.is_zero() {
                     return Err(ConfigError::new(
-                        Setting::WebhookPublicUrl,
-                        "not a base URL",
+                        Setting::WebhookBodyTimeout,
+                        "must be positive",
                     ));
+                }
+                if webhook.max_concurrent_requests == 0 {
+                    return Err(ConfigError::new(
+                        Setting::WebhookMaxConcurrentRequests,
+                        "must be positive",
+                    ));
+                }
+                if let Some(url) = &webhook.public_url {
+                    if url.cannot_be_a_base() {
+                        return Err(ConfigError::new(
+                            Setting::WebhookPublicUrl,
+                            "not a base URL",
+                        ));
+                    }
+                    check_public_url(&self.api_url, url)
+                        .map_err(|reason| ConfigError::new(Setting::WebhookPublicUrl, reason))?;
                 }
             }
         }
@@ -194,16 +208,25 @@ pub struct WebhookConfig {
     pub secret_token: SecretString,
     /// `allowed_updates` sent with `setWebhook`.
     pub allowed_updates: Vec<String>,
+    /// How long an authenticated request may wait for its turn and then take to send its body
+    /// (answered 503 and 408 beyond it; Telegram retries both).
+    pub body_timeout: Duration,
+    /// Authenticated requests handled at once; more wait (up to `body_timeout`) for a turn. Each
+    /// may hold a body of up to 16 MiB.
+    pub max_concurrent_requests: usize,
 }
 
 impl WebhookConfig {
-    /// A webhook listening on `listen`, not registering itself, allowing every update kind.
+    /// A webhook listening on `listen`, not registering itself, allowing every update kind; 10 s
+    /// body timeout, 64 requests at once.
     pub fn new(listen: SocketAddr, secret_token: SecretString) -> Self {
         Self {
             listen,
             public_url: None,
             secret_token,
             allowed_updates: all_update_kinds(),
+            body_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 64,
         }
     }
 }
@@ -215,6 +238,8 @@ impl std::fmt::Debug for WebhookConfig {
             .field("public_url", &self.public_url.as_ref().map(Url::as_str))
             .field("secret_token", &"<redacted>")
             .field("allowed_updates", &self.allowed_updates)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
             .finish()
     }
 }
@@ -237,6 +262,28 @@ impl Default for BackoffPolicy {
     }
 }
 
+/// Whether Telegram at `api_url` can deliver webhooks to `public_url`: Telegram's cloud API
+/// delivers only to `https://`; a self-hosted Bot API server (any other `api_url`) also to
+/// `http://`. The error is the reason, for the caller to prefix with the setting's name.
+pub fn check_public_url(api_url: &Url, public_url: &Url) -> Result<(), &'static str> {
+    match public_url.scheme() {
+        "https" => Ok(()),
+        "http" if !is_telegram_cloud(api_url) => Ok(()),
+        "http" => Err(
+            "Telegram's cloud API delivers webhooks only to https:// URLs (http:// needs a \
+             self-hosted Bot API server)",
+        ),
+        _ => Err("must be an https:// URL"),
+    }
+}
+
+/// Whether `api_url` is Telegram's cloud Bot API rather than a self-hosted server.
+pub fn is_telegram_cloud(api_url: &Url) -> bool {
+    api_url
+        .host_str()
+        .is_some_and(|host| host.eq_ignore_ascii_case("api.telegram.org"))
+}
+
 /// A setting [`ProducerConfig::validate`] can refuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setting {
@@ -256,6 +303,10 @@ pub enum Setting {
     PollingRequestTimeout,
     /// [`WebhookConfig::public_url`].
     WebhookPublicUrl,
+    /// [`WebhookConfig::body_timeout`].
+    WebhookBodyTimeout,
+    /// [`WebhookConfig::max_concurrent_requests`].
+    WebhookMaxConcurrentRequests,
 }
 
 impl Setting {
@@ -270,6 +321,8 @@ impl Setting {
             Setting::PollingLimit => "polling.limit",
             Setting::PollingRequestTimeout => "polling.request_timeout",
             Setting::WebhookPublicUrl => "webhook.public_url",
+            Setting::WebhookBodyTimeout => "webhook.body_timeout",
+            Setting::WebhookMaxConcurrentRequests => "webhook.max_concurrent_requests",
         }
     }
 }
@@ -339,6 +392,31 @@ mod tests {
                 .to_string()
                 .starts_with("polling.limit")
         );
+    }
+
+    #[test]
+    fn an_http_webhook_url_is_accepted_only_with_a_self_hosted_bot_api() {
+        let http: Url = "http://ingest.internal:8443".parse().unwrap();
+        let cloud: Url = TELEGRAM_API_URL.parse().unwrap();
+        let self_hosted: Url = "http://bot-api.internal:8081".parse().unwrap();
+        assert!(check_public_url(&cloud, &http).is_err());
+        assert!(check_public_url(&self_hosted, &http).is_ok());
+        let https: Url = "https://ingest.example.com".parse().unwrap();
+        assert!(check_public_url(&cloud, &https).is_ok());
+        let ftp: Url = "ftp://ingest.example.com".parse().unwrap();
+        assert!(check_public_url(&self_hosted, &ftp).is_err());
+
+        let mut config = config();
+        let mut webhook = WebhookConfig::new(
+            "127.0.0.1:8443".parse().unwrap(),
+            SecretString::from("s".to_owned()),
+        );
+        webhook.public_url = Some(http);
+        config.mode = IntakeMode::Webhook(webhook);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("webhook.public_url: "), "{error}");
+        config.api_url = self_hosted;
+        config.validate().unwrap();
     }
 
     #[test]

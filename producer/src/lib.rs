@@ -8,13 +8,13 @@
 //! The one promise: an update is confirmed to Telegram (the getUpdates offset moves past it, or
 //! the webhook answers 2xx) only after Kafka acknowledged it with `acks=all` from an idempotent
 //! producer. A crash can duplicate an update in Kafka; nothing can lose one. Input that cannot be
-//! published as an update (not a JSON object with an integer `update_id`, or larger than
-//! `message.max.bytes`) is published as a `tg-error` envelope ([`update`]) so it never blocks the
+//! published as an update (not a JSON object with an integer `update_id`, or larger than the
+//! record limit: `message.max.bytes`, or the topic's `max.message.bytes` when lower) is published as a `tg-error` envelope ([`update`]) so it never blocks the
 //! confirm.
 //!
-//! Startup: getMe for each token (through teloxide) learns the bot ids; a rejected token ends
-//! [`run`] with `bot #N: token rejected by Telegram (401 Unauthorized)` — bots are named by
-//! position, never by token. The topic must exist. Library code never reads the environment and
+//! Startup: getMe for each token learns the bot ids (only `id` and `username` are read); a
+//! rejected token ends [`run`] with `bot #N: token rejected by Telegram (401 Unauthorized)` — bots
+//! are named by position, never by token. The topic must exist. Library code never reads the environment and
 //! never logs a secret.
 
 pub mod config;
@@ -85,13 +85,11 @@ pub async fn run(
         return Err(error);
     }
 
-    let message_max_bytes = config.message_max_bytes;
     match config.mode {
         IntakeMode::Polling(polling) => {
             let context = Arc::new(PollContext {
                 polling,
                 backoff: config.backoff,
-                message_max_bytes,
                 publisher: Arc::clone(&publisher),
                 readiness: Arc::clone(&readiness),
             });
@@ -124,20 +122,19 @@ pub async fn run(
                     format!("cannot listen on the webhook address {}", webhook.listen)
                 })?;
             if let Some(public_url) = &webhook.public_url {
+                if public_url.scheme() == "http" {
+                    tracing::warn!(
+                        url = %public_url,
+                        "the webhook URL is http://: updates and the secret cross the network \
+                         unencrypted (accepted because the Bot API is a self-hosted server)"
+                    );
+                }
                 for bot in &bots {
                     register_webhook(bot, public_url, &webhook).await?;
                 }
             }
             let ids: HashMap<i64, usize> = bots.iter().map(|b| (b.id, b.position)).collect();
-            webhook::serve(
-                listener,
-                ids,
-                webhook.secret_token,
-                Arc::clone(&publisher),
-                message_max_bytes,
-                shutdown,
-            )
-            .await?;
+            webhook::serve(listener, ids, &webhook, Arc::clone(&publisher), shutdown).await?;
             publisher.flush(FLUSH_TIMEOUT).await;
         }
     }

@@ -14,6 +14,8 @@
 //! - `tgingest_producer_recreated_total{cause}`: Kafka producers rebuilt (`fatal` error, or
 //!   deliveries `timeout`).
 //! - `tgingest_webhook_rejected_total{reason}`: webhook requests refused before Kafka.
+//! - `tgingest_unconfirmable_batches_total{bot}`: getUpdates answers in which no element has an
+//!   `update_id`, so nothing can be confirmed and Telegram serves them again (alert on any).
 
 pub(crate) const UPDATES_RECEIVED: &str = "tgingest_updates_received_total";
 pub(crate) const PUBLISH_SECONDS: &str = "tgingest_publish_seconds";
@@ -23,6 +25,7 @@ pub(crate) const OLDEST_UNCONFIRMED_AGE: &str = "tgingest_oldest_unconfirmed_age
 pub(crate) const PUBLISH_FAILURES: &str = "tgingest_publish_failures_total";
 pub(crate) const PRODUCER_RECREATED: &str = "tgingest_producer_recreated_total";
 pub(crate) const WEBHOOK_REJECTED: &str = "tgingest_webhook_rejected_total";
+pub(crate) const UNCONFIRMABLE_BATCHES: &str = "tgingest_unconfirmable_batches_total";
 
 /// Registers descriptions with the installed recorder (idempotent; harmless without one).
 pub fn describe() {
@@ -61,6 +64,10 @@ pub fn describe() {
         WEBHOOK_REJECTED,
         "Webhook requests refused before reaching Kafka"
     );
+    describe_counter!(
+        UNCONFIRMABLE_BATCHES,
+        "getUpdates answers without any update_id (cannot be confirmed), by bot"
+    );
 }
 
 pub(crate) fn telegram_error(code: &str) {
@@ -79,4 +86,8 @@ pub(crate) fn last_confirmed(bot_id: i64, update_id: i64) {
 
 pub(crate) fn oldest_unconfirmed_age(bot_id: i64, seconds: f64) {
     metrics::gauge!(OLDEST_UNCONFIRMED_AGE, "bot" => bot_id.to_string()).set(seconds);
+}
+
+pub(crate) fn unconfirmable_batch(bot_id: i64) {
+    metrics::counter!(UNCONFIRMABLE_BATCHES, "bot" => bot_id.to_string()).increment(1);
 }

@@ -7,6 +7,8 @@
 //! - 429 waits exactly `retry_after` before the next call (never sooner); 409 backs off and is
 //!   logged once per episode (every answer is counted); 5xx, network errors, timeouts and
 //!   malformed bodies back off exponentially up to the cap. Nothing here panics.
+//! - A batch in which no element has an `update_id` cannot be confirmed: its elements are kept
+//!   as `tg-error` envelopes once, every fetch of it is alerted, and polling backs off.
 //! - On shutdown the loop stops polling, finishes publishing the batch in hand (the attempt in
 //!   flight), and confirms it with one last `getUpdates(offset, timeout=0)`; an interrupted batch is
 //!   left unconfirmed for the next start to fetch again.
@@ -35,7 +37,6 @@ const FINAL_CONFIRM_MAX_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct PollContext {
     pub(crate) polling: PollingConfig,
     pub(crate) backoff: BackoffPolicy,
-    pub(crate) message_max_bytes: usize,
     pub(crate) publisher: Arc<Publisher>,
     pub(crate) readiness: Arc<dyn Readiness>,
 }
@@ -66,6 +67,9 @@ struct Poller {
     /// 409 answers in the current conflict episode.
     conflicts: u32,
     backoff: Backoff,
+    /// The batch without any update id that was last published (its fingerprint), and the backoff
+    /// between fetches of it; `None` once a batch with ids arrives.
+    unconfirmable: Option<(u64, Backoff)>,
 }
 
 impl Poller {
@@ -79,6 +83,7 @@ impl Poller {
             oldest_unconfirmed: None,
             conflicts: 0,
             backoff,
+            unconfirmable: None,
         }
     }
 
@@ -147,17 +152,11 @@ impl Poller {
         let received_at = Instant::now();
         self.oldest_unconfirmed.get_or_insert(received_at);
         let received_ms = unix_millis();
+        let limit = self.context.publisher.record_limit();
         let originals: Vec<&[u8]> = updates.iter().map(|u| u.get().as_bytes()).collect();
         let mut records: Vec<OutgoingRecord> = originals
             .iter()
-            .map(|raw| {
-                record_for(
-                    self.bot.id,
-                    raw,
-                    received_ms,
-                    self.context.message_max_bytes,
-                )
-            })
+            .map(|raw| record_for(self.bot.id, raw, received_ms, limit))
             .collect();
         for record in &records {
             metrics::received(self.bot.id, &record.kind);
@@ -170,15 +169,11 @@ impl Poller {
             }
         }
         let Some(last_id) = records.iter().filter_map(|r| r.update_id).max() else {
-            // Without any id nothing can be confirmed: publishing again would only repeat it.
-            tracing::error!(
-                elements = records.len(),
-                "getUpdates answered elements without any update_id; cannot confirm them"
-            );
-            metrics::telegram_error("malformed");
-            let delay = self.backoff.next_delay();
-            return !sleep_or_shutdown(delay, shutdown).await;
+            return self
+                .keep_unconfirmable(&mut records, &originals, shutdown)
+                .await;
         };
+        self.unconfirmable = None;
         let first_id = records.iter().filter_map(|r| r.update_id).min();
         tracing::debug!(
             count = records.len(),
@@ -215,6 +210,49 @@ impl Poller {
             "batch acknowledged by Kafka"
         );
         true
+    }
+
+    /// A batch in which no element has an `update_id`: nothing can confirm it, so Telegram serves
+    /// it again on every poll. Its elements are published as envelopes the first time it is seen
+    /// (the bytes are kept, a fetch of the same batch again is not published again), every fetch is
+    /// alerted (error log, `tgingest_unconfirmable_batches_total`), and polling backs off, up to
+    /// the cap, until the batch changes. `false` when shutdown interrupted.
+    async fn keep_unconfirmable(
+        &mut self,
+        records: &mut [OutgoingRecord],
+        originals: &[&[u8]],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let fingerprint = batch_fingerprint(originals);
+        metrics::unconfirmable_batch(self.bot.id);
+        let seen = self
+            .unconfirmable
+            .as_ref()
+            .is_some_and(|(known, _)| *known == fingerprint);
+        tracing::error!(
+            elements = records.len(),
+            published = !seen,
+            "getUpdates answered elements without any update_id: nothing can confirm them, so \
+             Telegram serves them again until they expire; kept as tg-error envelopes"
+        );
+        if !seen {
+            let published = self
+                .context
+                .publisher
+                .publish_until_acked(records, originals, shutdown, || {})
+                .await;
+            if published.is_err() {
+                return false;
+            }
+            self.unconfirmable = Some((fingerprint, Backoff::new(self.context.backoff)));
+        }
+        let delay = self
+            .unconfirmable
+            .as_mut()
+            .map_or(self.context.backoff.max, |(_, backoff)| {
+                backoff.next_delay()
+            });
+        !sleep_or_shutdown(delay, shutdown).await
     }
 
     /// Waits as the error requires; `true` when shutdown was requested meanwhile.
@@ -322,6 +360,14 @@ fn after_publish_before_confirm() {
         );
         std::process::exit(86);
     });
+}
+
+/// Identifies a batch by its elements' bytes (to see the same batch served again).
+fn batch_fingerprint(elements: &[&[u8]]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    elements.hash(&mut hasher);
+    hasher.finish()
 }
 
 async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {

@@ -1,5 +1,8 @@
-//! The Bot API client of one bot: getMe through teloxide, getUpdates and setWebhook over HTTP.
+//! The Bot API client of one bot: getMe, getUpdates and setWebhook over HTTP.
 //!
+//! getMe is parsed for `id` and `username` only: teloxide's `Me` requires fields the Bot API marks
+//! optional (`has_main_web_app`, …), so a server that omits one (an older self-hosted Bot API, a
+//! proxy) made startup fail with an error that named neither the field nor the HTTP status.
 //! getUpdates is fetched with reqwest and parsed as `{ok, result: [raw…], error_code,
 //! description, parameters}` so each update's bytes stay exactly as Telegram sent them (DESIGN.md
 //! §7: teloxide's untagged envelope cannot carry raw values, and a typed or `Value` parse fails a
@@ -18,8 +21,6 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use teloxide_core::errors::{ApiError, RequestError};
-use teloxide_core::requests::Requester;
 use url::Url;
 
 /// Connect timeout for every Bot API call.
@@ -116,9 +117,8 @@ impl std::fmt::Debug for BotClient {
 }
 
 impl BotClient {
-    /// Calls getMe (through teloxide) and returns the bot's client. `http_timeout` bounds every
-    /// later call made with the client unless the call sets its own (it must exceed the long
-    /// poll).
+    /// Calls getMe and returns the bot's client. `http_timeout` bounds every later call made with
+    /// the client unless the call sets its own (it must exceed the long poll).
     pub async fn connect(
         position: usize,
         token: SecretString,
@@ -131,20 +131,20 @@ impl BotClient {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| TelegramError::Network(redact(&e.without_url().to_string(), &token)))?;
-        let bot = teloxide_core::Bot::with_client(token.expose_secret(), http.clone())
-            .set_api_url(api_url.clone());
-        let me = bot
-            .get_me()
-            .await
-            .map_err(|e| classify_teloxide(e, &token))?;
-        Ok(Self {
+        let mut bot = Self {
             position,
-            id: me.user.id.0 as i64,
-            username: me.user.username.clone(),
+            id: 0,
+            username: None,
             token,
             api_url,
             http,
-        })
+        };
+        let me: Me = bot
+            .call("getMe", &serde_json::json!({}), Some(SHORT_CALL_TIMEOUT))
+            .await?;
+        bot.id = me.id;
+        bot.username = me.username;
+        Ok(bot)
     }
 
     /// One getUpdates call. `offset` confirms every update below it. The answer's elements are
@@ -281,36 +281,13 @@ fn scrub(error: TelegramError, token: &SecretString) -> TelegramError {
     }
 }
 
-fn classify_teloxide(error: RequestError, token: &SecretString) -> TelegramError {
-    let error = match error {
-        RequestError::Api(ApiError::InvalidToken) => TelegramError::Unauthorized,
-        RequestError::RetryAfter(seconds) => TelegramError::TooManyRequests {
-            retry_after: seconds.duration(),
-        },
-        RequestError::Network(e) => {
-            let timeout = e.is_timeout();
-            // teloxide already replaced the token in the URL; drop the URL anyway.
-            let text = error_chain(&*e);
-            if timeout {
-                TelegramError::Timeout(text)
-            } else {
-                TelegramError::Network(text)
-            }
-        }
-        RequestError::InvalidJson { source, .. } => TelegramError::Malformed {
-            status: 0,
-            detail: source.to_string(),
-        },
-        other => TelegramError::Api {
-            code: 0,
-            description: other.to_string(),
-        },
-    };
-    match error {
-        TelegramError::Network(text) => TelegramError::Network(redact(&text, token)),
-        TelegramError::Timeout(text) => TelegramError::Timeout(redact(&text, token)),
-        other => scrub(other, token),
-    }
+/// What the producer needs of getMe's answer. Every other field is ignored, so a Bot API server
+/// that omits fields the Bot API marks optional (`has_main_web_app`, …) is served all the same.
+#[derive(Deserialize)]
+struct Me {
+    id: i64,
+    #[serde(default)]
+    username: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -444,6 +421,23 @@ mod tests {
             parse_answer::<Updates>(401, body),
             Err(TelegramError::Unauthorized)
         ));
+    }
+
+    #[test]
+    fn get_me_needs_only_the_id_and_reports_a_missing_one_with_the_status() {
+        let minimal =
+            br#"{"ok":true,"result":{"id":42,"is_bot":true,"first_name":"B","username":"b_bot"}}"#;
+        let me = parse_answer::<Me>(200, minimal).unwrap();
+        assert_eq!((me.id, me.username.as_deref()), (42, Some("b_bot")));
+        match parse_answer::<Me>(200, br#"{"ok":true,"result":{"is_bot":true}}"#) {
+            Err(TelegramError::Malformed {
+                status: 200,
+                detail,
+            }) => {
+                assert!(detail.contains("missing field `id`"), "{detail}");
+            }
+            other => panic!("{:?}", other.map(|me| me.id)),
+        }
     }
 
     #[test]

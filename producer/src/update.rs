@@ -149,20 +149,32 @@ pub fn envelope_for(
     detail: &str,
     message_max_bytes: usize,
 ) -> OutgoingRecord {
-    let mut out = OutgoingRecord {
+    let mut out = identified_envelope(record, raw, reason, detail);
+    let candidate = wire::envelope_value(reason, detail, raw, true);
+    let identified = std::mem::replace(&mut out.value, candidate);
+    if !fits(&out, message_max_bytes) {
+        out.value = identified;
+    }
+    out
+}
+
+/// Turns `record` (whose original bytes are `raw`) into an envelope that leaves the original out
+/// and identifies it by size and SHA-256, keeping its key, update id and headers: for a record the
+/// broker refused for its size, whose bytes cannot travel however they are wrapped.
+pub fn identified_envelope(
+    record: &OutgoingRecord,
+    raw: &[u8],
+    reason: EnvelopeReason,
+    detail: &str,
+) -> OutgoingRecord {
+    OutgoingRecord {
         key: record.key.clone(),
-        value: wire::envelope_value(reason, detail, raw, false),
+        value: wire::envelope_value_identified(reason, detail, raw),
         headers: wire::envelope_headers(&record.headers, reason, detail, raw.len()),
         update_id: record.update_id,
         kind: record.kind.clone(),
         envelope: Some(reason),
-    };
-    let candidate = wire::envelope_value(reason, detail, raw, true);
-    let bare = std::mem::replace(&mut out.value, candidate);
-    if !fits(&out, message_max_bytes) {
-        out.value = bare;
     }
-    out
 }
 
 /// Whether librdkafka will accept the record under `message.max.bytes`.
@@ -425,6 +437,10 @@ mod tests {
         );
         let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
         assert!(value.get("original").is_none());
+        assert_eq!(
+            value["tg_error"]["original_sha256"].as_str().map(str::len),
+            Some(64)
+        );
         assert!(fits(&record, 10_000));
     }
 

@@ -2,8 +2,12 @@
 //!
 //! Guarantees:
 //! - The `X-Telegram-Bot-Api-Secret-Token` header is compared with the configured secret in
-//!   constant time (`subtle`); a missing or wrong secret is answered 401 before the body is looked
-//!   at, and nothing is written to Kafka.
+//!   constant time (`subtle`); a missing or wrong secret is answered 401 before a byte of the body
+//!   is read, and nothing is written to Kafka. An unauthenticated client therefore holds no memory
+//!   and no turn, however large a body it announces or however slowly it sends it.
+//! - Authenticated requests are bounded: at most `max_concurrent_requests` at once (more wait for
+//!   a turn up to `body_timeout`, else 503), each body read within `body_timeout` (else 408) and at
+//!   most 16 MiB (else 413).
 //! - 200 is answered only after Kafka acknowledged the update (or its `tg-error` envelope); any
 //!   other outcome is a 503, so Telegram delivers the update again. Duplicates are possible,
 //!   losses are not.
@@ -16,16 +20,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::time::Duration;
+
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::to_bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_LENGTH;
 use axum::routing::post;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::WebhookConfig;
 use crate::metrics;
 use crate::poller::unix_millis;
 use crate::publisher::{Publisher, RecordOutcome};
@@ -48,7 +57,9 @@ struct WebhookState {
     bots: HashMap<i64, usize>,
     secret: SecretString,
     publisher: Arc<Publisher>,
-    message_max_bytes: usize,
+    body_timeout: Duration,
+    /// One permit per authenticated request being read or published.
+    turns: Arc<Semaphore>,
 }
 
 /// Serves the webhook endpoints on `listener` until `shutdown`, then finishes the requests in
@@ -56,20 +67,19 @@ struct WebhookState {
 pub(crate) async fn serve(
     listener: TcpListener,
     bots: HashMap<i64, usize>,
-    secret: SecretString,
+    config: &WebhookConfig,
     publisher: Arc<Publisher>,
-    message_max_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = Arc::new(WebhookState {
         bots,
-        secret,
+        secret: config.secret_token.clone(),
         publisher,
-        message_max_bytes,
+        body_timeout: config.body_timeout,
+        turns: Arc::new(Semaphore::new(config.max_concurrent_requests)),
     });
     let app = Router::new()
         .route("/webhook/{bot_id}", post(receive))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state);
     let address: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?address, "webhook endpoint listening");
@@ -79,12 +89,15 @@ pub(crate) async fn serve(
         .context("the webhook server failed")
 }
 
+/// Takes the request with its body unread: the secret and the bot are checked first, the body is
+/// read only for an authenticated request that got its turn.
 async fn receive(
     State(state): State<Arc<WebhookState>>,
     Path(bot): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> StatusCode {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let presented = headers
         .get(SECRET_HEADER)
         .map(|value| value.as_bytes())
@@ -92,9 +105,10 @@ async fn receive(
     let expected = state.secret.expose_secret().as_bytes();
     // ct_eq on slices of different lengths returns false at once: only the length can leak.
     if !bool::from(presented.ct_eq(expected)) {
-        ::metrics::counter!(metrics::WEBHOOK_REJECTED, "reason" => "secret").increment(1);
-        // Debug, not warn: anyone can send these, and the counter above is what operators alert on.
-        tracing::debug!("webhook request with a missing or wrong secret token refused (401)");
+        reject(
+            "secret",
+            "webhook request with a missing or wrong secret token refused (401)",
+        );
         return StatusCode::UNAUTHORIZED;
     }
     let Some((bot_id, position)) = bot
@@ -102,15 +116,45 @@ async fn receive(
         .ok()
         .and_then(|id| state.bots.get(&id).map(|p| (id, *p)))
     else {
-        ::metrics::counter!(metrics::WEBHOOK_REJECTED, "reason" => "unknown_bot").increment(1);
-        tracing::debug!("webhook request for a bot this producer does not serve (404)");
+        reject(
+            "unknown_bot",
+            "webhook request for a bot this producer does not serve (404)",
+        );
         return StatusCode::NOT_FOUND;
+    };
+    let announced = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|length| length > BODY_LIMIT) {
+        reject("too_large", "webhook body over 16 MiB refused (413)");
+        return StatusCode::PAYLOAD_TOO_LARGE;
+    }
+    let Ok(Ok(_turn)) =
+        tokio::time::timeout(state.body_timeout, Arc::clone(&state.turns).acquire_owned()).await
+    else {
+        reject(
+            "busy",
+            "webhook request waited too long for a turn (503; Telegram retries)",
+        );
+        return StatusCode::SERVICE_UNAVAILABLE;
+    };
+    let body = match tokio::time::timeout(state.body_timeout, to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            reject("body", "webhook body unreadable or over 16 MiB (400)");
+            return StatusCode::BAD_REQUEST;
+        }
+        Err(_) => {
+            reject("body_timeout", "webhook body not received in time (408)");
+            return StatusCode::REQUEST_TIMEOUT;
+        }
     };
     let mut records = [record_for(
         bot_id,
         &body,
         unix_millis(),
-        state.message_max_bytes,
+        state.publisher.record_limit(),
     )];
     metrics::received(bot_id, &records[0].kind);
     if let Some(reason) = records[0].envelope {
@@ -120,23 +164,21 @@ async fn receive(
             "webhook update published as a tg-error envelope"
         );
     }
-    // A second attempt only when the first replaced the record by its envelope (too large for the
-    // broker): the envelope is small and must not wait for Telegram's retry, which would fail
-    // the same way.
-    for _ in 0..2 {
-        let before = records[0].envelope;
-        let outcome = state.publisher.publish(&mut records, &[&body]).await.pop();
-        match outcome {
-            Some(RecordOutcome::Acked) => return StatusCode::OK,
-            Some(RecordOutcome::Failed(error)) => {
-                if records[0].envelope != before {
-                    continue;
-                }
-                tracing::warn!(bot = position, update_id = ?records[0].update_id, %error, "Kafka did not acknowledge a webhook update (503; Telegram retries)");
-                return StatusCode::SERVICE_UNAVAILABLE;
-            }
-            None => break,
+    // A record refused for its size was replaced by its envelope and that was sent, within
+    // the one call: Telegram's retry would fail the same way.
+    match state.publisher.publish(&mut records, &[&body]).await.pop() {
+        Some(RecordOutcome::Acked) => StatusCode::OK,
+        Some(RecordOutcome::Failed(error)) => {
+            tracing::warn!(bot = position, update_id = ?records[0].update_id, %error, "Kafka did not acknowledge a webhook update (503; Telegram retries)");
+            StatusCode::SERVICE_UNAVAILABLE
         }
+        None => StatusCode::SERVICE_UNAVAILABLE,
     }
-    StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// Counts a request refused before Kafka; logged at debug only, since anyone can cause these and
+/// the counter is what operators alert on.
+fn reject(reason: &'static str, message: &'static str) {
+    ::metrics::counter!(metrics::WEBHOOK_REJECTED, "reason" => reason).increment(1);
+    tracing::debug!(reason, "{message}");
 }

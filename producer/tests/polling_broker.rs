@@ -290,21 +290,9 @@ async fn a_lone_surrogate_and_a_nul_arrive_byte_identical_and_their_batch_mates_
 async fn an_oversized_update_becomes_a_tg_error_envelope_and_is_confirmed_broker() {
     let api = start_botsim(1).await;
     let (broker, topic) = start_broker().await;
-    let small = api
-        .push_kind(
-            TOKENS[0],
-            "message",
-            br#"{"message_id":1,"chat":{"id":9},"text":"small"}"#,
-        )
-        .unwrap();
+    let small = push_message(&api, 1, 9, "small");
     let text = "y".repeat(40_000);
-    let big = api
-        .push_kind(
-            TOKENS[0],
-            "message",
-            format!(r#"{{"message_id":2,"chat":{{"id":9}},"text":"{text}"}}"#).as_bytes(),
-        )
-        .unwrap();
+    let big = push_message(&api, 2, 9, &text);
     let mut config = polling_config(&api, &broker, &topic, 1);
     config.message_max_bytes = 16_384;
     let producer = RunningProducer::spawn(config);
@@ -320,10 +308,7 @@ async fn an_oversized_update_becomes_a_tg_error_envelope_and_is_confirmed_broker
     producer.stop().await.unwrap();
 
     assert_eq!(records.len(), 2);
-    let envelope = records
-        .iter()
-        .find(|r| r.header(header::UPDATE_ID) == Some(big.to_string().as_str()))
-        .unwrap();
+    let envelope = record_of(&records, big);
     let error = envelope.header(header::ERROR).unwrap();
     assert!(error.starts_with("too_large"), "{error}");
     assert!(envelope.value.len() < 2_000, "the envelope is small");
@@ -666,4 +651,46 @@ async fn updates_after_an_update_id_jump_to_lower_ids_still_land_and_are_confirm
             .iter()
             .any(|r| r.header(header::UPDATE_ID) == Some(after.to_string().as_str()))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_without_any_update_id_is_kept_once_as_envelopes_while_polling_backs_off_broker() {
+    let api = start_botsim(1).await;
+    let (broker, topic) = start_broker().await;
+    let elements: [&[u8]; 2] = [
+        br#"{"message":{"message_id":1,"chat":{"id":9},"text":"kept"}}"#,
+        br#"{"update_id":"7","poll":{"id":"p"}}"#,
+    ];
+    for element in elements {
+        api.push_update(TOKENS[0], element.to_vec()).unwrap();
+    }
+    let producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
+    let records = read_topic(&broker, &topic, 2, Duration::from_secs(20)).await;
+    // The same batch is fetched again and again (nothing can confirm it), with backoff.
+    let refetched = eventually(Duration::from_secs(20), async || {
+        get_updates_requests(&api).len() >= 4
+    })
+    .await;
+    let written = count_records(&broker, &topic).await;
+    producer.stop().await.unwrap();
+
+    assert_eq!(records.len(), 2, "the elements were not kept: {records:#?}");
+    assert!(refetched, "polling stopped");
+    assert_eq!(
+        written, 2,
+        "each fetch of the same batch was published again"
+    );
+    assert_eq!(api.confirmed_offset(TOKENS[0]), None);
+    for record in &records {
+        assert!(
+            record
+                .header(header::ERROR)
+                .unwrap()
+                .starts_with("not_an_update"),
+            "{record:?}"
+        );
+        let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        let original = value["original"].as_str().unwrap().as_bytes();
+        assert!(elements.contains(&original), "{value}");
+    }
 }

@@ -233,3 +233,53 @@ async fn a_missing_topic_is_a_startup_error_naming_it_broker() {
     assert!(text.contains(&missing), "{text}");
     assert!(text.contains("does not exist"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_api_that_omits_optional_getme_fields_is_served_broker() {
+    let api = start_botsim(1).await;
+    api.set_minimal_get_me(true);
+    let (broker, topic) = start_broker().await;
+    let id = push_message(&api, 1, 3, "hi");
+    let mut producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
+    let confirmed = eventually(Duration::from_secs(30), async || {
+        producer.is_finished() || api.confirmed_offset(TOKENS[0]) == Some(id + 1)
+    })
+    .await;
+    if producer.is_finished() {
+        let error = producer.join(Duration::from_secs(1)).await;
+        panic!("the producer stopped: {error:?}");
+    }
+    assert!(confirmed, "never confirmed");
+    producer.stop().await.unwrap();
+}
+
+/// Starts a producer for one bot whose getMe consumes `faults` (one a call) and returns the error
+/// that ended startup.
+async fn startup_error_after_getme_faults(faults: Vec<Fault>) -> String {
+    let api = start_botsim(1).await;
+    for fault in faults {
+        api.inject_on(TOKENS[0], "getMe", fault).unwrap();
+    }
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", "127.0.0.1:1");
+    let mut config = polling_config_for(&api, client, "unused");
+    config.backoff.max = Duration::from_millis(100);
+    let mut producer = RunningProducer::spawn(config);
+    let error = producer.join(Duration::from_secs(20)).await.unwrap_err();
+    format!("{error:#}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getme_failures_say_what_was_wrong_with_the_real_http_status() {
+    let malformed = startup_error_after_getme_faults(vec![Fault::MalformedBody; 5]).await;
+    assert!(
+        malformed
+            .starts_with("bot #1: getMe failed after 5 attempts: malformed response (HTTP 200): "),
+        "{malformed}"
+    );
+    let bad_gateway = startup_error_after_getme_faults(vec![Fault::ServerError(502); 5]).await;
+    assert!(
+        bad_gateway.starts_with("bot #1: getMe failed after 5 attempts: server error 502"),
+        "{bad_gateway}"
+    );
+}

@@ -6,12 +6,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use processor::wire::header;
 use testkit::BrokerKind;
 use testkit::eventually;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "webhook-secret_0123456789";
 
@@ -37,6 +38,22 @@ async fn wait_listening(addr: SocketAddr) {
     assert!(up, "the webhook endpoint never listened on {addr}");
 }
 
+/// One bot behind a webhook producer with [`SECRET`], listening.
+async fn serve_webhook() -> (
+    botsim::BotApi,
+    testkit::TestBroker,
+    String,
+    RunningProducer,
+    SocketAddr,
+) {
+    let api = start_botsim(1).await;
+    let (broker, topic) = start_broker().await;
+    let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
+    let producer = RunningProducer::spawn(config);
+    wait_listening(addr).await;
+    (api, broker, topic, producer, addr)
+}
+
 fn update(id: i64, chat: i64, text: &str) -> Vec<u8> {
     format!(r#"{{"update_id":{id},"message":{{"message_id":{id},"chat":{{"id":{chat}}},"text":"{text}"}}}}"#)
         .into_bytes()
@@ -44,11 +61,7 @@ fn update(id: i64, chat: i64, text: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_or_missing_secret_is_refused_with_401_and_writes_nothing_broker() {
-    let api = start_botsim(1).await;
-    let (broker, topic) = start_broker().await;
-    let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
-    let producer = RunningProducer::spawn(config);
-    wait_listening(addr).await;
+    let (_api, broker, topic, producer, addr) = serve_webhook().await;
 
     let bot = BOT_IDS[0];
     assert_eq!(post(addr, bot, None, &update(1, 1, "no secret")).await, 401);
@@ -228,4 +241,101 @@ async fn setwebhook_at_startup_lets_telegram_push_updates_into_kafka_broker() {
         "a webhook replica must never delete the webhook"
     );
     assert_eq!(set.params.get("drop_pending_updates"), Some("false"));
+}
+
+/// Bytes of a body that announces 16 MiB: what an attacker streams slowly or never finishes.
+const ANNOUNCED_BODY: usize = 16 * 1024 * 1024;
+/// One chunk of such a body (shared, so the senders themselves use no memory per request).
+const BODY_CHUNK: &[u8] = &[b' '; 16 * 1024];
+
+/// Sends the head of a webhook request with `secret` and `sent` bytes of a body that announces
+/// 16 MiB and never finishes; returns the status the endpoint answered within `wait`, if any.
+async fn post_unfinished(
+    addr: SocketAddr,
+    bot_id: i64,
+    secret: &str,
+    sent: usize,
+    wait: Duration,
+) -> Option<u16> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /webhook/{bot_id} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {ANNOUNCED_BODY}\r\n{}: {secret}\r\n\r\n",
+        producer::SECRET_HEADER
+    );
+    let sending = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let mut left = sent;
+        while left > 0 {
+            let n = left.min(BODY_CHUNK.len());
+            writer.write_all(&BODY_CHUNK[..n]).await?;
+            left -= n;
+        }
+        // The body never finishes: the connection stays open until the test ends.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut answer = [0_u8; 12];
+    let read = tokio::time::timeout(wait, reader.read_exact(&mut answer)).await;
+    sending.abort();
+    match read {
+        Ok(Ok(_)) => std::str::from_utf8(&answer[9..12]).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The process's resident set size, and its peak since the last reset, in KiB.
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_before_the_body_is_read_broker() {
+    let (_api, broker, topic, producer, addr) = serve_webhook().await;
+    let bot = BOT_IDS[0];
+
+    // Two hundred unauthenticated requests, each 512 KiB into a body that never finishes.
+    // Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS.
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let (baseline, _) = rss_kib();
+    let answers = futures::future::join_all(
+        (0..200).map(|_| post_unfinished(addr, bot, "wrong", 512 * 1024, Duration::from_secs(5))),
+    )
+    .await;
+    let (now, peak) = rss_kib();
+    let grown_mib = (if reset { peak } else { now }).saturating_sub(baseline) / 1024;
+    assert!(
+        grown_mib < 50,
+        "peak RSS grew by {grown_mib} MiB over 200 unauthenticated requests"
+    );
+    let refused = answers.iter().filter(|a| **a == Some(401)).count();
+    assert_eq!(refused, 200, "answers: {answers:?}");
+
+    let started = Instant::now();
+    let status = post_unfinished(addr, bot, "wrong", 1024, Duration::from_secs(1)).await;
+    assert_eq!(
+        status,
+        Some(401),
+        "no 401 within 1 s for a wrong secret and a body that never finishes"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // An authenticated update still lands.
+    assert_eq!(
+        post(addr, bot, Some(SECRET), &update(1, 1, "real")).await,
+        200
+    );
+    let records = read_topic(&broker, &topic, 1, Duration::from_secs(10)).await;
+    producer.stop().await.unwrap();
+    assert_eq!(records.len(), 1);
 }

@@ -114,11 +114,9 @@ impl ProducerArgs {
         if let Some(public) = &self.webhook_public_url {
             let url = url::Url::parse(public)
                 .map_err(|e| ConfigError::new("WEBHOOK_PUBLIC_URL", format!("not a URL ({e})")))?;
-            if url.scheme() != "https" {
-                return Err(ConfigError::new(
-                    "WEBHOOK_PUBLIC_URL",
-                    "Telegram delivers webhooks only to https:// URLs",
-                ));
+            if let Ok(api_url) = url::Url::parse(&self.telegram_api_url) {
+                producer::config::check_public_url(&api_url, &url)
+                    .map_err(|reason| ConfigError::new("WEBHOOK_PUBLIC_URL", reason))?;
             }
         }
         let secret = secret(env, "TELEGRAM_WEBHOOK_SECRET")?.ok_or_else(|| {
@@ -159,7 +157,9 @@ fn operator_name(setting: Setting) -> &'static str {
         Setting::MessageMaxBytes
         | Setting::DeliveryTimeout
         | Setting::Backoff
-        | Setting::PollingLimit => setting.as_str(),
+        | Setting::PollingLimit
+        | Setting::WebhookBodyTimeout
+        | Setting::WebhookMaxConcurrentRequests => setting.as_str(),
     }
 }
 

@@ -43,6 +43,14 @@ pub async fn start_botsim(bots: usize) -> BotApi {
     api
 }
 
+/// Queues a text message in `chat` for the first bot; returns its update id.
+pub fn push_message(api: &BotApi, message_id: i64, chat: i64, text: &str) -> i64 {
+    let payload =
+        format!(r#"{{"message_id":{message_id},"chat":{{"id":{chat}}},"text":"{text}"}}"#);
+    api.push_kind(TOKENS[0], "message", payload.as_bytes())
+        .unwrap()
+}
+
 /// A broker (backend from the environment) with a fresh topic.
 pub async fn start_broker() -> (TestBroker, String) {
     let broker = TestBroker::start().await.unwrap();
@@ -184,6 +192,15 @@ pub async fn read_topic_with(
     testkit::kafka::read_topic(config, topic, count, timeout)
         .await
         .unwrap()
+}
+
+/// The record whose `tg-update-id` header is `update_id` (panics when there is none).
+pub fn record_of(records: &[Consumed], update_id: i64) -> &Consumed {
+    let id = update_id.to_string();
+    records
+        .iter()
+        .find(|r| r.header(processor::wire::header::UPDATE_ID) == Some(id.as_str()))
+        .unwrap_or_else(|| panic!("no record of update {update_id}: {records:#?}"))
 }
 
 /// Counts the records in the topic right now (reads until 2 s pass without a new one).
