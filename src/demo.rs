@@ -141,7 +141,7 @@ pub async fn run(config: DemoConfig, database: DatabaseConfig) -> anyhow::Result
 
     let shutdown = CancellationToken::new();
     let readiness = crate::admin_server::Readiness::default();
-    let producer_config = demo_producer_config(&telegram, &kafka)?;
+    let producer_config = demo_producer_config(&telegram, &kafka, embedded_cluster.is_some())?;
     let mut consumer_config =
         consumer::ConsumerConfig::new(&group, &kafka.topic, kafka.client.clone());
     consumer_config.session_timeout = Duration::from_secs(10);
@@ -234,6 +234,7 @@ pub async fn run(config: DemoConfig, database: DatabaseConfig) -> anyhow::Result
 fn demo_producer_config(
     telegram: &Telegram,
     kafka: &KafkaConfig,
+    embedded: bool,
 ) -> anyhow::Result<producer::ProducerConfig> {
     let (url, tokens) = match telegram {
         Telegram::Simulated(api) => (
@@ -249,6 +250,9 @@ fn demo_producer_config(
         timeout: Duration::from_secs(1),
         ..producer::PollingConfig::default()
     });
+    // The embedded broker is one broker by design: no durability warning for a new user. A real
+    // broker given with KAFKA_BROKERS is checked as in production.
+    config.expect_durable_topic = !embedded;
     Ok(config)
 }
 

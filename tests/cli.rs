@@ -175,6 +175,21 @@ fn an_unknown_kafka_client_option_is_caught_by_check_config() {
 }
 
 #[test]
+fn client_options_cannot_turn_topic_auto_creation_back_on() {
+    let mut env = FULL_ENV.to_vec();
+    env.push(("KAFKA_CLIENT_OPTIONS", "allow.auto.create.topics=true"));
+    for sub in ["producer", "consumer"] {
+        let out = tgingest(&[sub, "--check-config"], &env);
+        assert_eq!(out.status.code(), Some(2), "{sub}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("allow.auto.create.topics"),
+            "{sub}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn an_http_webhook_url_is_accepted_for_a_self_hosted_bot_api_and_refused_for_the_cloud() {
     let webhook = [
         ("KAFKA_BROKERS", "k:9092"),

@@ -40,6 +40,11 @@ async fn the_demo_stores_exactly_what_the_simulated_telegram_sent() {
         .expect("demo exits");
     let output = demo.output_text();
     assert!(status.success(), "demo failed:\n{output}");
+    // The embedded broker has one replica by design: a new user sees no durability warning.
+    assert!(
+        !output.contains("replication factor") && !output.contains("min.insync.replicas"),
+        "the demo warned about durability:\n{output}"
+    );
 
     let sent: usize = output
         .lines()

@@ -3,14 +3,14 @@
 //! Library code never reads the environment: every setting arrives here. Secrets (bot tokens, the
 //! webhook secret, passwords inside the Kafka client configuration) are never printed: `Debug`
 //! shows counts and non-secret settings only. [`ProducerConfig::validate`] checks the cross-field
-//! rules (a client timeout longer than the long poll, a limit Telegram accepts) before anything
-//! touches the network.
+//! rules (a client timeout longer than the long poll, a limit Telegram accepts, tokens that carry
+//! distinct bot ids, no topic auto-creation) before anything touches the network.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 /// Every update kind the Bot API knows, including the three Telegram leaves out unless a bot asks
@@ -24,14 +24,16 @@ pub const TELEGRAM_API_URL: &str = "https://api.telegram.org";
 pub struct ProducerConfig {
     /// Base URL of the Bot API (`https://api.telegram.org`, a local Bot API server, a test double).
     pub api_url: Url,
-    /// One token per bot; bots are named by position (`bot #1`, …) in every message.
+    /// One token per bot (`<bot id>:<key>`, as Telegram issues them); bots are named by position
+    /// (`bot #1`, …) in every message. Each bot is its own unit: one failing never stops another.
     pub tokens: Vec<SecretString>,
     /// Long polling or webhook.
     pub mode: IntakeMode,
     /// The topic updates are published to; it must exist.
     pub topic: String,
     /// Kafka client settings from the caller (bootstrap servers, security). The producer adds
-    /// idempotence, `acks=all`, compression, `message.max.bytes` and the delivery timeout.
+    /// idempotence, `acks=all`, compression, `message.max.bytes`, the delivery timeout and
+    /// `allow.auto.create.topics=false` (a value other than `false` here is refused).
     pub client: ClientConfig,
     /// Largest record the producer sends; larger updates become `tg-error` envelopes.
     pub message_max_bytes: usize,
@@ -40,8 +42,15 @@ pub struct ProducerConfig {
     /// How long one publish attempt may take (`message.timeout.ms`). A failed attempt is retried
     /// (polling) or answered 5xx (webhook).
     pub delivery_timeout: Duration,
-    /// Backoff after transient Telegram or Kafka failures.
+    /// Backoff after transient Telegram or Kafka failures (with jitter).
     pub backoff: BackoffPolicy,
+    /// Whether the topic is expected to be durable: at startup, a replication factor below 3 or a
+    /// `min.insync.replicas` below 2 is warned about. `false` for a single-broker development
+    /// setup (the demo's embedded broker), where the warning would only alarm a new user.
+    pub expect_durable_topic: bool,
+    /// How often Kafka is probed (a metadata request for the topic) while it is reported not
+    /// ready, so readiness recovers without traffic.
+    pub kafka_probe_interval: Duration,
 }
 
 impl ProducerConfig {
@@ -63,6 +72,8 @@ impl ProducerConfig {
             compression: "zstd".to_owned(),
             delivery_timeout: Duration::from_secs(30),
             backoff: BackoffPolicy::default(),
+            expect_durable_topic: true,
+            kafka_probe_interval: Duration::from_secs(5),
         }
     }
 
@@ -72,6 +83,38 @@ impl ProducerConfig {
             return Err(ConfigError::new(
                 Setting::Tokens,
                 "at least one bot token is required",
+            ));
+        }
+        let mut ids: Vec<(i64, usize)> = Vec::with_capacity(self.tokens.len());
+        for (index, token) in self.tokens.iter().enumerate() {
+            let position = index + 1;
+            let id = bot_id_of(token).ok_or_else(|| {
+                ConfigError::new(
+                    Setting::Tokens,
+                    format!("token #{position} is not of the form <bot id>:<key>"),
+                )
+            })?;
+            if let Some((_, first)) = ids.iter().find(|(known, _)| *known == id) {
+                return Err(ConfigError::new(
+                    Setting::Tokens,
+                    format!(
+                        "bot #{first} and bot #{position} are the same bot (id {id}): list each \
+                         token once"
+                    ),
+                ));
+            }
+            ids.push((id, position));
+        }
+        if let Some(value) = self.client.get("allow.auto.create.topics")
+            && !value.trim().eq_ignore_ascii_case("false")
+        {
+            return Err(ConfigError::new(
+                Setting::AutoCreateTopics,
+                format!(
+                    "allow.auto.create.topics must be false, not {value:?}: a missing topic is a \
+                     startup error naming it, never a topic the broker creates with its own \
+                     defaults"
+                ),
             ));
         }
         if self.topic.is_empty() {
@@ -152,6 +195,8 @@ impl std::fmt::Debug for ProducerConfig {
             .field("compression", &self.compression)
             .field("delivery_timeout", &self.delivery_timeout)
             .field("backoff", &self.backoff)
+            .field("expect_durable_topic", &self.expect_durable_topic)
+            .field("kafka_probe_interval", &self.kafka_probe_interval)
             .finish()
     }
 }
@@ -214,11 +259,14 @@ pub struct WebhookConfig {
     /// Authenticated requests handled at once; more wait (up to `body_timeout`) for a turn. Each
     /// may hold a body of up to 16 MiB.
     pub max_concurrent_requests: usize,
+    /// How often each bot's getWebhookInfo is read (what Telegram holds for it: pending updates,
+    /// the last delivery error).
+    pub info_interval: Duration,
 }
 
 impl WebhookConfig {
     /// A webhook listening on `listen`, not registering itself, allowing every update kind; 10 s
-    /// body timeout, 64 requests at once.
+    /// body timeout, 64 requests at once, getWebhookInfo every minute.
     pub fn new(listen: SocketAddr, secret_token: SecretString) -> Self {
         Self {
             listen,
@@ -227,6 +275,7 @@ impl WebhookConfig {
             allowed_updates: all_update_kinds(),
             body_timeout: Duration::from_secs(10),
             max_concurrent_requests: 64,
+            info_interval: Duration::from_secs(60),
         }
     }
 }
@@ -240,6 +289,7 @@ impl std::fmt::Debug for WebhookConfig {
             .field("allowed_updates", &self.allowed_updates)
             .field("body_timeout", &self.body_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("info_interval", &self.info_interval)
             .finish()
     }
 }
@@ -260,6 +310,16 @@ impl Default for BackoffPolicy {
             max: Duration::from_secs(30),
         }
     }
+}
+
+/// The bot id a Telegram token carries: the digits before its colon (`<bot id>:<key>`). `None`
+/// for anything else; the token's value is never part of an error.
+pub fn bot_id_of(token: &SecretString) -> Option<i64> {
+    let (id, key) = token.expose_secret().split_once(':')?;
+    if key.is_empty() || id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
 }
 
 /// Whether Telegram at `api_url` can deliver webhooks to `public_url`: Telegram's cloud API
@@ -307,6 +367,8 @@ pub enum Setting {
     WebhookBodyTimeout,
     /// [`WebhookConfig::max_concurrent_requests`].
     WebhookMaxConcurrentRequests,
+    /// `allow.auto.create.topics` in [`ProducerConfig::client`].
+    AutoCreateTopics,
 }
 
 impl Setting {
@@ -323,6 +385,7 @@ impl Setting {
             Setting::WebhookPublicUrl => "webhook.public_url",
             Setting::WebhookBodyTimeout => "webhook.body_timeout",
             Setting::WebhookMaxConcurrentRequests => "webhook.max_concurrent_requests",
+            Setting::AutoCreateTopics => "kafka client settings",
         }
     }
 }
@@ -439,6 +502,43 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("tokens")
+        );
+    }
+
+    #[test]
+    fn a_client_setting_that_allows_topic_auto_creation_is_refused_naming_it() {
+        for value in ["true", "TRUE"] {
+            let mut config = config();
+            config.client.set("allow.auto.create.topics", value);
+            let error = config.validate().unwrap_err().to_string();
+            assert!(
+                error.starts_with("kafka client settings: allow.auto.create.topics must be false"),
+                "{error}"
+            );
+        }
+        let mut config = config();
+        config.client.set("allow.auto.create.topics", "false");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_token_without_its_bot_id_is_refused_by_position_without_its_value() {
+        let mut config = config();
+        config
+            .tokens
+            .push(SecretString::from("no-bot-id".to_owned()));
+        let error = config.validate().unwrap_err().to_string();
+        assert_eq!(error, "tokens: token #2 is not of the form <bot id>:<key>");
+    }
+
+    #[test]
+    fn the_same_bot_listed_twice_is_refused_naming_both_positions() {
+        let mut config = config();
+        config.tokens.push(SecretString::from("1:b".to_owned()));
+        let error = config.validate().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "tokens: bot #1 and bot #2 are the same bot (id 1): list each token once"
         );
     }
 }

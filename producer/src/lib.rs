@@ -12,9 +12,17 @@
 //! record limit: `message.max.bytes`, or the topic's `max.message.bytes` when lower) is published as a `tg-error` envelope ([`update`]) so it never blocks the
 //! confirm.
 //!
-//! Startup: getMe for each token learns the bot ids (only `id` and `username` are read); a
-//! rejected token ends [`run`] with `bot #N: token rejected by Telegram (401 Unauthorized)` — bots
-//! are named by position, never by token. The topic must exist. Library code never reads the environment and
+//! Each bot is its own unit ([`supervision`]): a token Telegram rejects, at startup or later, or
+//! any other failing Bot API call stops only that bot, which is retried with backoff and jitter
+//! and reported on its readiness unit `bot #N` and in `tgingest_bot_up{bot}`; the others keep
+//! serving. [`run`] ends with an error only when no bot can run — every token rejected (401) at
+//! startup, before any bot was identified: `no bot can run: every token was rejected by Telegram
+//! (401 Unauthorized): bot #1, bot #2` — or on startup misconfiguration (a missing topic, an
+//! address that cannot be bound). Bots are named by position, never by token; a bot's id is the
+//! digits before its token's colon, so a webhook route exists before getMe answers. The topic must
+//! exist and is never auto-created; a topic less durable than expected (replication factor < 3,
+//! `min.insync.replicas` < 2) is warned about at startup unless
+//! [`ProducerConfig::expect_durable_topic`] is off. Library code never reads the environment and
 //! never logs a secret.
 
 pub mod config;
@@ -26,14 +34,15 @@ pub mod update;
 mod backoff;
 mod poller;
 mod publisher;
+mod supervision;
 mod webhook;
+mod webhook_info;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use secrecy::{ExposeSecret, SecretString};
+use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -42,22 +51,22 @@ pub use config::{
     TELEGRAM_API_URL, WebhookConfig, all_update_kinds,
 };
 pub use publisher::Publisher;
-pub use readiness::{KAFKA_CHECK, NoReadiness, Readiness, TELEGRAM_CHECK};
+pub use readiness::{KAFKA_CHECK, NoReadiness, Readiness};
 pub use telegram::{BotClient, TelegramError};
 pub use webhook::{SECRET_HEADER, webhook_path};
 
-use crate::backoff::Backoff;
 use crate::poller::PollContext;
+use crate::supervision::{BotIntake, BotUnit, StartupVerdicts, WebhookBot};
 use crate::telegram::SHORT_CALL_TIMEOUT;
+use crate::webhook_info::WebhookWatch;
 
-/// getMe attempts per bot at startup before a transient failure (network, 5xx, 429) ends startup.
-const STARTUP_ATTEMPTS: u32 = 5;
 /// How long the final flush may take at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the producer until `shutdown` is cancelled, then drains: polling stops, the batch in hand
 /// is finished and confirmed, the webhook answers the requests in flight, Kafka is flushed. Returns
-/// `Ok` after a clean drain; an `Err` is one line naming the failing setting or bot.
+/// `Ok` after a clean drain; an `Err` is one line naming the failing setting, or saying that no
+/// bot can run.
 pub async fn run(
     config: ProducerConfig,
     shutdown: CancellationToken,
@@ -65,25 +74,32 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     metrics::describe();
-    readiness.not_ready(TELEGRAM_CHECK, "starting");
     readiness.not_ready(KAFKA_CHECK, "starting");
 
-    let http_timeout = match &config.mode {
-        IntakeMode::Polling(polling) => polling.request_timeout(),
-        IntakeMode::Webhook(_) => SHORT_CALL_TIMEOUT,
+    let (http_timeout, webhook_mode) = match &config.mode {
+        IntakeMode::Polling(polling) => (polling.request_timeout(), false),
+        IntakeMode::Webhook(_) => (SHORT_CALL_TIMEOUT, true),
     };
-    let Some(bots) = connect_bots(&config, http_timeout, &shutdown).await? else {
-        return Ok(());
-    };
-    readiness.ready(TELEGRAM_CHECK, "");
-
-    let publisher = Arc::new(Publisher::new(&config, Arc::clone(&readiness))?);
-    if let Err(error) = publisher.check_topic(&shutdown).await {
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-        return Err(error);
+    let mut bots = Vec::with_capacity(config.tokens.len());
+    for (index, token) in config.tokens.iter().enumerate() {
+        let position = index + 1;
+        let id = config::bot_id_of(token)
+            .with_context(|| format!("bot #{position}: the token carries no bot id"))?;
+        let unit = BotUnit::new(position, id, webhook_mode, Arc::clone(&readiness));
+        let client = BotClient::new(
+            position,
+            id,
+            token.clone(),
+            config.api_url.clone(),
+            http_timeout,
+        )
+        .map_err(|e| anyhow::anyhow!("bot #{position}: {e}"))?;
+        bots.push((client, Arc::new(unit)));
     }
+    let verdicts = Arc::new(StartupVerdicts::new(bots.len()));
+    // Ends every bot task: on shutdown, and when no bot can run.
+    let stop = shutdown.child_token();
+    let publisher = Arc::new(Publisher::new(&config, Arc::clone(&readiness))?);
 
     match config.mode {
         IntakeMode::Polling(polling) => {
@@ -91,123 +107,126 @@ pub async fn run(
                 polling,
                 backoff: config.backoff,
                 publisher: Arc::clone(&publisher),
-                readiness: Arc::clone(&readiness),
             });
-            let mut pollers = JoinSet::new();
-            for bot in bots {
-                pollers.spawn(poller::poll_bot(
-                    Arc::new(bot),
-                    Arc::clone(&context),
-                    shutdown.clone(),
+            // Bots are identified first; they poll once the topic is checked.
+            let (open, gate) = tokio::sync::watch::channel(false);
+            let mut units = JoinSet::new();
+            for (bot, unit) in bots {
+                let intake = BotIntake::Polling {
+                    context: Arc::clone(&context),
+                    gate: gate.clone(),
+                };
+                units.spawn(supervision::run_bot(
+                    bot,
+                    unit,
+                    intake,
+                    Arc::clone(&verdicts),
+                    config.backoff,
+                    stop.clone(),
                 ));
             }
-            let mut failure = None;
-            while let Some(done) = pollers.join_next().await {
-                if let Err(error) = done {
-                    // A poller cannot fail by design; if one panicked anyway, stop the others so
-                    // the process restarts instead of silently serving fewer bots.
-                    shutdown.cancel();
-                    failure.get_or_insert(error);
-                }
+            // Kafka is checked once a bot can run: a process with every token rejected ends at
+            // once, with its one line, whatever the state of Kafka.
+            let checked = tokio::select! {
+                () = verdicts.some_identified() => publisher.check_topic(&stop).await,
+                line = verdicts.none_can_run() => Err(anyhow::anyhow!(line)),
+                () = stop.cancelled() => Err(anyhow::anyhow!("shutdown requested")),
+            };
+            if let Err(error) = checked {
+                stop.cancel();
+                while units.join_next().await.is_some() {}
+                return if shutdown.is_cancelled() {
+                    Ok(())
+                } else {
+                    Err(error)
+                };
             }
+            publisher.check_durability(config.expect_durable_topic);
+            open.send_replace(true);
+            let supervised = supervision::supervise(&mut units, &verdicts, &stop).await;
             publisher.flush(FLUSH_TIMEOUT).await;
-            if let Some(error) = failure {
-                bail!("a poller failed: {error}");
-            }
+            supervised?;
         }
         IntakeMode::Webhook(webhook) => {
+            if let Err(error) = publisher.check_topic(&stop).await {
+                return if shutdown.is_cancelled() {
+                    Ok(())
+                } else {
+                    Err(error)
+                };
+            }
+            publisher.check_durability(config.expect_durable_topic);
             let listener = tokio::net::TcpListener::bind(webhook.listen)
                 .await
                 .with_context(|| {
                     format!("cannot listen on the webhook address {}", webhook.listen)
                 })?;
-            if let Some(public_url) = &webhook.public_url {
-                if public_url.scheme() == "http" {
-                    tracing::warn!(
-                        url = %public_url,
-                        "the webhook URL is http://: updates and the secret cross the network \
-                         unencrypted (accepted because the Bot API is a self-hosted server)"
-                    );
-                }
-                for bot in &bots {
-                    register_webhook(bot, public_url, &webhook).await?;
-                }
+            if let Some(public_url) = &webhook.public_url
+                && public_url.scheme() == "http"
+            {
+                tracing::warn!(
+                    url = %public_url,
+                    "the webhook URL is http://: updates and the secret cross the network \
+                     unencrypted (accepted because the Bot API is a self-hosted server)"
+                );
             }
-            let ids: HashMap<i64, usize> = bots.iter().map(|b| (b.id, b.position)).collect();
-            webhook::serve(listener, ids, &webhook, Arc::clone(&publisher), shutdown).await?;
+            let watch = Arc::new(WebhookWatch::new(webhook.info_interval));
+            let routes: HashMap<i64, usize> =
+                bots.iter().map(|(bot, _)| (bot.id, bot.position)).collect();
+            let webhook = Arc::new(webhook);
+            let server = tokio::spawn({
+                let (webhook, publisher, watch, stop) = (
+                    Arc::clone(&webhook),
+                    Arc::clone(&publisher),
+                    Arc::clone(&watch),
+                    stop.clone(),
+                );
+                async move {
+                    let served =
+                        webhook::serve(listener, routes, &webhook, publisher, watch, stop.clone())
+                            .await;
+                    // Without its server the process serves nothing: end the bots too.
+                    stop.cancel();
+                    served
+                }
+            });
+            let probe = tokio::spawn({
+                let (publisher, stop) = (Arc::clone(&publisher), stop.clone());
+                async move {
+                    publisher
+                        .probe_while_not_ready(config.kafka_probe_interval, &stop)
+                        .await
+                }
+            });
+            let mut units = JoinSet::new();
+            for (bot, unit) in bots {
+                unit.up("webhook served");
+                let context = Arc::new(WebhookBot {
+                    register: webhook
+                        .public_url
+                        .as_ref()
+                        .map(|url| supervision::webhook_url(url, bot.id)),
+                    secret: webhook.secret_token.clone(),
+                    allowed_updates: webhook.allowed_updates.clone(),
+                    watch: Arc::clone(&watch),
+                });
+                units.spawn(supervision::run_bot(
+                    bot,
+                    unit,
+                    BotIntake::Webhook(context),
+                    Arc::clone(&verdicts),
+                    config.backoff,
+                    stop.clone(),
+                ));
+            }
+            let supervised = supervision::supervise(&mut units, &verdicts, &stop).await;
+            let served = server.await.context("the webhook server task panicked")?;
+            let _ = probe.await;
             publisher.flush(FLUSH_TIMEOUT).await;
+            supervised?;
+            served?;
         }
     }
     tracing::info!("producer stopped");
-    Ok(())
-}
-
-/// getMe for every token; `None` when shutdown was requested meanwhile.
-async fn connect_bots(
-    config: &ProducerConfig,
-    http_timeout: Duration,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Option<Vec<BotClient>>> {
-    let mut bots: Vec<BotClient> = Vec::with_capacity(config.tokens.len());
-    for (index, token) in config.tokens.iter().enumerate() {
-        let position = index + 1;
-        let mut backoff = Backoff::new(config.backoff);
-        let mut attempts = 0;
-        let bot = loop {
-            let token = SecretString::from(token.expose_secret().to_owned());
-            let attempt = tokio::select! {
-                () = shutdown.cancelled() => return Ok(None),
-                attempt = BotClient::connect(position, token, config.api_url.clone(), http_timeout) => attempt,
-            };
-            let error = match attempt {
-                Ok(bot) => break bot,
-                Err(TelegramError::Unauthorized) => {
-                    bail!("bot #{position}: token rejected by Telegram (401 Unauthorized)");
-                }
-                Err(error) => error,
-            };
-            crate::metrics::telegram_error(&error.metric_code());
-            attempts += 1;
-            if attempts >= STARTUP_ATTEMPTS {
-                bail!("bot #{position}: getMe failed after {attempts} attempts: {error}");
-            }
-            let delay = match &error {
-                TelegramError::TooManyRequests { retry_after } => *retry_after,
-                _ => backoff.next_delay(),
-            };
-            tracing::warn!(bot = position, %error, retry_in = ?delay, "getMe failed; retrying");
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(None),
-                () = tokio::time::sleep(delay) => {}
-            }
-        };
-        if let Some(same) = bots.iter().find(|b| b.id == bot.id) {
-            bail!(
-                "bot #{position} and bot #{} are the same bot (id {}): list each token once",
-                same.position,
-                bot.id
-            );
-        }
-        tracing::info!(bot = position, bot_id = bot.id, username = ?bot.username, "bot identified");
-        bots.push(bot);
-    }
-    Ok(Some(bots))
-}
-
-async fn register_webhook(
-    bot: &BotClient,
-    public_url: &url::Url,
-    webhook: &WebhookConfig,
-) -> anyhow::Result<()> {
-    let mut url = public_url.clone();
-    url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("webhook public URL {public_url} cannot be a base URL"))?
-        .pop_if_empty()
-        .push("webhook")
-        .push(&bot.id.to_string());
-    bot.set_webhook(&url, &webhook.secret_token, &webhook.allowed_updates)
-        .await
-        .map_err(|e| anyhow::anyhow!("bot #{}: setWebhook failed: {e}", bot.position))?;
-    tracing::info!(bot = bot.position, url = %url, "webhook registered");
     Ok(())
 }

@@ -5,8 +5,10 @@
 //!   batch was acknowledged by Kafka; while Kafka is unavailable the same batch is retried and the
 //!   offset never advances. A crash anywhere can duplicate updates in Kafka, never lose one.
 //! - 429 waits exactly `retry_after` before the next call (never sooner); 409 backs off and is
-//!   logged once per episode (every answer is counted); 5xx, network errors, timeouts and
-//!   malformed bodies back off exponentially up to the cap. Nothing here panics.
+//!   logged once per episode (every answer is counted); 5xx, network errors, timeouts, malformed
+//!   bodies and a rejected token (401: the bot's unit is reported down until an answer comes)
+//!   back off exponentially, with jitter, up to the cap. Only this bot waits; nothing here
+//!   panics.
 //! - A batch in which no element has an `update_id` cannot be confirmed: its elements are kept
 //!   as `tg-error` envelopes once, every fetch of it is alerted, and polling backs off.
 //! - On shutdown the loop stops polling, finishes publishing the batch in hand (the attempt in
@@ -23,7 +25,7 @@ use crate::backoff::Backoff;
 use crate::config::{BackoffPolicy, PollingConfig};
 use crate::metrics;
 use crate::publisher::Publisher;
-use crate::readiness::{Readiness, TELEGRAM_CHECK};
+use crate::supervision::BotUnit;
 use crate::telegram::{BotClient, SHORT_CALL_TIMEOUT, TelegramError};
 use crate::update::{OutgoingRecord, record_for};
 
@@ -38,17 +40,17 @@ pub(crate) struct PollContext {
     pub(crate) polling: PollingConfig,
     pub(crate) backoff: BackoffPolicy,
     pub(crate) publisher: Arc<Publisher>,
-    pub(crate) readiness: Arc<dyn Readiness>,
 }
 
 /// Polls one bot until `shutdown`, then confirms what was published.
 pub(crate) async fn poll_bot(
     bot: Arc<BotClient>,
+    unit: Arc<BotUnit>,
     context: Arc<PollContext>,
     shutdown: CancellationToken,
 ) {
-    let span = tracing::info_span!("poller", bot = bot.position, bot_id = bot.id);
-    Poller::new(bot, context)
+    let span = tracing::info_span!("poller");
+    Poller::new(bot, unit, context)
         .run(shutdown)
         .instrument(span)
         .await;
@@ -56,6 +58,7 @@ pub(crate) async fn poll_bot(
 
 struct Poller {
     bot: Arc<BotClient>,
+    unit: Arc<BotUnit>,
     context: Arc<PollContext>,
     /// The offset of the next getUpdates (`None` until a batch was published).
     offset: Option<i64>,
@@ -73,10 +76,11 @@ struct Poller {
 }
 
 impl Poller {
-    fn new(bot: Arc<BotClient>, context: Arc<PollContext>) -> Self {
+    fn new(bot: Arc<BotClient>, unit: Arc<BotUnit>, context: Arc<PollContext>) -> Self {
         let backoff = Backoff::new(context.backoff);
         Self {
             bot,
+            unit,
             context,
             offset: None,
             confirm_pending: false,
@@ -88,7 +92,7 @@ impl Poller {
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
-        tracing::info!(username = ?self.bot.username, "polling getUpdates");
+        tracing::info!("polling getUpdates");
         metrics::oldest_unconfirmed_age(self.bot.id, 0.0);
         while !shutdown.is_cancelled() {
             let polling = &self.context.polling;
@@ -133,7 +137,7 @@ impl Poller {
             self.conflicts = 0;
         }
         self.backoff.reset();
-        self.context.readiness.ready(TELEGRAM_CHECK, "");
+        self.unit.up("polling");
         if let Some(offset) = self.offset {
             metrics::last_confirmed(self.bot.id, offset - 1);
         }
@@ -257,7 +261,9 @@ impl Poller {
 
     /// Waits as the error requires; `true` when shutdown was requested meanwhile.
     async fn on_error(&mut self, error: TelegramError, shutdown: &CancellationToken) -> bool {
-        metrics::telegram_error(&error.metric_code());
+        if !matches!(error, TelegramError::Unauthorized) {
+            self.unit.failed(&error);
+        }
         if let Some(oldest) = self.oldest_unconfirmed {
             metrics::oldest_unconfirmed_age(self.bot.id, oldest.elapsed().as_secs_f64());
         }
@@ -283,10 +289,12 @@ impl Poller {
             }
             TelegramError::Unauthorized => {
                 let delay = self.backoff.next_delay();
-                tracing::error!(retry_in = ?delay, "bot token rejected by Telegram (401) while polling");
-                self.context
-                    .readiness
-                    .not_ready(TELEGRAM_CHECK, "a bot token was rejected (401)");
+                tracing::error!(
+                    retry_in = ?delay,
+                    "bot token rejected by Telegram (401) while polling; this bot is retried, the \
+                     others are not affected"
+                );
+                self.unit.down("getUpdates", &error);
                 delay
             }
             other => {
@@ -324,7 +332,7 @@ impl Poller {
                     return;
                 }
                 Err(error) => {
-                    metrics::telegram_error(&error.metric_code());
+                    self.unit.failed(&error);
                     let wait = match &error {
                         TelegramError::TooManyRequests { retry_after }
                             if *retry_after <= FINAL_CONFIRM_MAX_WAIT =>

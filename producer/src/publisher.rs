@@ -17,11 +17,15 @@
 //! - [`Publisher::publish_until_acked`] retries only the records that failed, with capped
 //!   backoff, until all are acknowledged or shutdown is requested; it never reports success for a
 //!   record without its delivery report.
+//! - Topics are never auto-created: every client built here sets `allow.auto.create.topics=false`
+//!   (librdkafka's producer default lets the broker create a missing topic on the first send).
+//! - [`KAFKA_CHECK`] follows every publish; while it is not ready, a metadata probe can turn it
+//!   ready again without traffic ([`Publisher::probe_while_not_ready`]).
 //! - After a fatal librdkafka error (e.g. idempotence fencing), and after deliveries timed out or
 //!   failed with the broker's unknown server error, the producer is rebuilt from the same
 //!   configuration; every later attempt uses the new one.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +51,8 @@ use crate::update::{OutgoingRecord, fits, identified_envelope};
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(20);
 /// How long one metadata request at startup may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one readiness probe's metadata request may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long reading the topic's configuration may take.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refusals of a record sent by itself before it is taken to be too large (one could be a
@@ -94,6 +100,13 @@ pub struct Publisher {
     /// How long a replaced producer may stay in use by attempts in flight.
     retire_after: Duration,
     readiness: Arc<dyn Readiness>,
+    /// What was last reported for [`KAFKA_CHECK`] (the probe runs only while it is `false`).
+    kafka_ready: AtomicBool,
+    /// The topic's replication factor (lowest over its partitions) from the startup metadata;
+    /// 0 until known.
+    replication: AtomicUsize,
+    /// The topic's `min.insync.replicas` (DescribeConfigs); 0 where the broker cannot say.
+    min_insync: AtomicU32,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -146,11 +159,16 @@ impl Publisher {
                 "message.timeout.ms",
                 config.delivery_timeout.as_millis().to_string(),
             )
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            // librdkafka's producer default lets the broker create a missing topic with the
+            // broker's defaults (partitions, replication) on the first send.
+            .set("allow.auto.create.topics", "false");
         let producer = create(&client)?;
+        let mut admin_config = config.client.clone();
+        admin_config.set("allow.auto.create.topics", "false");
         Ok(Self {
             config: Mutex::new(client),
-            admin_config: config.client.clone(),
+            admin_config,
             topic: config.topic.clone(),
             producer_limit,
             record_limit: AtomicUsize::new(producer_limit),
@@ -160,6 +178,9 @@ impl Publisher {
             current: Mutex::new((0, Arc::new(producer))),
             retire_after: config.delivery_timeout * 2,
             readiness,
+            kafka_ready: AtomicBool::new(false),
+            replication: AtomicUsize::new(0),
+            min_insync: AtomicU32::new(0),
         })
     }
 
@@ -185,17 +206,23 @@ impl Publisher {
                             .topics()
                             .iter()
                             .find(|t| t.name() == topic)
-                            .map(|t| (t.error(), t.partitions().len(), broker))
+                            .map(|t| {
+                                let replication =
+                                    t.partitions().iter().map(|p| p.replicas().len()).min();
+                                (t.error(), t.partitions().len(), (broker, replication))
+                            })
                     })
             })
             .await
             .context("the metadata task panicked")?;
             match answer {
-                Ok(Some((None, partitions, broker))) if partitions > 0 => {
+                Ok(Some((None, partitions, (broker, replication)))) if partitions > 0 => {
                     self.describe_broker
                         .store(broker.unwrap_or(ANY_BROKER), Ordering::Relaxed);
+                    self.replication
+                        .store(replication.unwrap_or(0), Ordering::Relaxed);
                     self.refresh_topic_limit().await;
-                    self.readiness.ready(KAFKA_CHECK, "");
+                    self.report_ready();
                     return Ok(());
                 }
                 Ok(Some((Some(error), _, _)))
@@ -213,7 +240,7 @@ impl Publisher {
                         Ok(state) => format!("topic metadata incomplete: {state:?}"),
                         Err(e) => format!("metadata request failed: {e}"),
                     };
-                    self.readiness.not_ready(KAFKA_CHECK, &reason);
+                    self.report_not_ready(&reason);
                     let delay = backoff.next_delay();
                     tracing::warn!(topic = %self.topic, %reason, retry_in = ?delay, "Kafka not reachable yet");
                     tokio::select! {
@@ -223,6 +250,94 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    fn report_ready(&self) {
+        self.kafka_ready.store(true, Ordering::Relaxed);
+        self.readiness.ready(KAFKA_CHECK, "");
+    }
+
+    fn report_not_ready(&self, reason: &str) {
+        self.kafka_ready.store(false, Ordering::Relaxed);
+        self.readiness.not_ready(KAFKA_CHECK, reason);
+    }
+
+    /// Exports the topic's durability as the broker reported it at startup (replication factor
+    /// from the metadata, `min.insync.replicas` from DescribeConfigs where the broker answers it)
+    /// and, when `expect_durable` is set, warns once for each below what survives a broker loss:
+    /// a replication factor below 3, a `min.insync.replicas` below 2.
+    pub(crate) fn check_durability(&self, expect_durable: bool) {
+        let replication = Some(self.replication.load(Ordering::Relaxed)).filter(|r| *r > 0);
+        let min_insync = Some(self.min_insync.load(Ordering::Relaxed)).filter(|m| *m > 0);
+        metrics::topic_durability(&self.topic, replication, min_insync);
+        if !expect_durable {
+            return;
+        }
+        if let Some(replication) = replication.filter(|r| *r < 3) {
+            tracing::warn!(
+                topic = %self.topic,
+                replication_factor = replication,
+                "the topic's replication factor is below 3: losing one broker can lose \
+                 acknowledged updates or stop intake"
+            );
+        }
+        if let Some(min_insync) = min_insync.filter(|m| *m < 2) {
+            tracing::warn!(
+                topic = %self.topic,
+                min_insync_replicas = min_insync,
+                "the topic's min.insync.replicas is below 2: acks=all is satisfied by one replica, \
+                 so an acknowledged update can live on a single disk"
+            );
+        }
+    }
+
+    /// While [`KAFKA_CHECK`] is reported not ready, asks the brokers for the topic's metadata every
+    /// `interval` and reports it ready once they answer with every partition led, so readiness
+    /// recovers without traffic (a webhook pod that no request reaches while it is not ready).
+    /// Runs until `stop`.
+    pub(crate) async fn probe_while_not_ready(&self, interval: Duration, stop: &CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            if self.kafka_ready.load(Ordering::Relaxed) {
+                continue;
+            }
+            match self.probe().await {
+                Ok(()) if !self.kafka_ready.load(Ordering::Relaxed) => {
+                    tracing::info!(topic = %self.topic, "Kafka answers again (metadata probe): ready");
+                    self.report_ready();
+                }
+                Ok(()) => {}
+                Err(reason) => tracing::debug!(topic = %self.topic, %reason, "Kafka probe failed"),
+            }
+        }
+    }
+
+    /// One metadata request for the topic: `Ok` when it lists the topic with every partition led.
+    async fn probe(&self) -> Result<(), String> {
+        let producer = self.producer().1;
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), PROBE_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            let listed = metadata.topics().iter().find(|t| t.name() == topic);
+            match listed {
+                Some(t)
+                    if t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions().iter().all(|p| p.leader() >= 0) =>
+                {
+                    Ok(())
+                }
+                _ => Err("the topic is not listed with every partition led".to_owned()),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// Publishes the records once: every record is enqueued, then every delivery report awaited.
@@ -257,7 +372,7 @@ impl Publisher {
             .filter(|o| matches!(o, RecordOutcome::Failed(_)))
             .count();
         if failed == 0 {
-            self.readiness.ready(KAFKA_CHECK, "");
+            self.report_ready();
         } else {
             ::metrics::counter!(metrics::PUBLISH_FAILURES).increment(1);
             let first = outcomes.iter().find_map(|o| match o {
@@ -269,7 +384,7 @@ impl Publisher {
                 outcomes.len(),
                 first.unwrap_or_default()
             );
-            self.readiness.not_ready(KAFKA_CHECK, &reason);
+            self.report_not_ready(&reason);
             let codes: Vec<Option<RDKafkaErrorCode>> = outcomes
                 .iter()
                 .filter_map(|o| match o {
@@ -604,6 +719,13 @@ impl Publisher {
             .map_err(|e| e.to_string())?;
         for resource in resources {
             let resource = resource.map_err(|code| code.to_string())?;
+            if let Some(min_insync) = resource
+                .get("min.insync.replicas")
+                .and_then(|entry| entry.value.as_deref())
+                .and_then(|value| value.trim().parse::<u32>().ok())
+            {
+                self.min_insync.store(min_insync, Ordering::Relaxed);
+            }
             if let Some(value) = resource
                 .get("max.message.bytes")
                 .and_then(|entry| entry.value.as_deref())
@@ -798,5 +920,18 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn every_client_the_publisher_builds_forbids_topic_auto_creation() {
+        // librdkafka's producer default is to let the broker auto-create a missing topic.
+        let publisher =
+            Publisher::new(&config(ClientConfig::new()), Arc::new(NoReadiness)).unwrap();
+        let producer = publisher.config.lock().unwrap();
+        assert_eq!(producer.get("allow.auto.create.topics"), Some("false"));
+        assert_eq!(
+            publisher.admin_config.get("allow.auto.create.topics"),
+            Some("false")
+        );
     }
 }

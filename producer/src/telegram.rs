@@ -1,4 +1,4 @@
-//! The Bot API client of one bot: getMe, getUpdates and setWebhook over HTTP.
+//! The Bot API client of one bot: getMe, getUpdates, setWebhook and getWebhookInfo over HTTP.
 //!
 //! getMe is parsed for `id` and `username` only: teloxide's `Me` requires fields the Bot API marks
 //! optional (`has_main_web_app`, …), so a server that omits one (an older self-hosted Bot API, a
@@ -8,7 +8,8 @@
 //! §7: teloxide's untagged envelope cannot carry raw values, and a typed or `Value` parse fails a
 //! whole batch on one lone surrogate). setWebhook also goes over HTTP because teloxide's
 //! `AllowedUpdate` enum cannot name every kind (`managed_bot`, `guest_message`, future kinds), and
-//! a webhook registered with a shorter list silently loses those updates.
+//! a webhook registered with a shorter list silently loses those updates. getWebhookInfo is read
+//! for `pending_update_count` and the last error only.
 //!
 //! Guarantees: the token appears only in request URLs. Every error is built from
 //! [`reqwest::Error::without_url`] and scrubbed of the token text, so no error, log line or
@@ -91,16 +92,29 @@ impl TelegramError {
             Self::Malformed { .. } => "malformed".to_owned(),
         }
     }
+
+    /// The `reason` label of `tgingest_bot_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooManyRequests { .. } => "rate_limited",
+            Self::Conflict { .. } => "conflict",
+            Self::Unauthorized => "unauthorized",
+            Self::Server { .. } => "server_error",
+            Self::Api { .. } => "refused",
+            Self::Timeout(_) => "timeout",
+            Self::Network(_) => "network",
+            Self::Malformed { .. } => "malformed",
+        }
+    }
 }
 
-/// A bot the producer serves: its position, its id (from getMe) and its HTTP client.
+/// A bot the producer serves: its position, its id (from its token) and its HTTP client.
 pub struct BotClient {
     /// 1-based position in the configured token list; how messages name the bot.
     pub position: usize,
-    /// The bot's user id.
+    /// The bot's user id: the digits before the colon of its token, so it is known without
+    /// asking Telegram (a webhook route exists even while getMe fails).
     pub id: i64,
-    /// The bot's username, for logs (not secret).
-    pub username: Option<String>,
     token: SecretString,
     api_url: Url,
     http: reqwest::Client,
@@ -111,16 +125,26 @@ impl std::fmt::Debug for BotClient {
         f.debug_struct("BotClient")
             .field("position", &self.position)
             .field("id", &self.id)
-            .field("username", &self.username)
             .finish_non_exhaustive()
     }
 }
 
+/// What getMe says about a bot.
+#[derive(Debug, Clone)]
+pub struct BotIdentity {
+    /// The bot's user id.
+    pub id: i64,
+    /// The bot's username, for logs (not secret).
+    pub username: Option<String>,
+}
+
 impl BotClient {
-    /// Calls getMe and returns the bot's client. `http_timeout` bounds every later call made with
-    /// the client unless the call sets its own (it must exceed the long poll).
-    pub async fn connect(
+    /// The client of bot `position` with the id its token carries (see
+    /// [`crate::config::bot_id_of`]). `http_timeout` bounds every call made with the client unless
+    /// the call sets its own (it must exceed the long poll). Does not touch the network.
+    pub fn new(
         position: usize,
+        id: i64,
         token: SecretString,
         api_url: Url,
         http_timeout: Duration,
@@ -131,20 +155,34 @@ impl BotClient {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| TelegramError::Network(redact(&e.without_url().to_string(), &token)))?;
-        let mut bot = Self {
+        Ok(Self {
             position,
-            id: 0,
-            username: None,
+            id,
             token,
             api_url,
             http,
-        };
-        let me: Me = bot
+        })
+    }
+
+    /// getMe: whether Telegram accepts the token, and the bot's username.
+    pub async fn get_me(&self) -> Result<BotIdentity, TelegramError> {
+        let me: Me = self
             .call("getMe", &serde_json::json!({}), Some(SHORT_CALL_TIMEOUT))
             .await?;
-        bot.id = me.id;
-        bot.username = me.username;
-        Ok(bot)
+        Ok(BotIdentity {
+            id: me.id,
+            username: me.username,
+        })
+    }
+
+    /// getWebhookInfo: what Telegram holds for the bot's webhook.
+    pub async fn get_webhook_info(&self) -> Result<WebhookInfo, TelegramError> {
+        self.call(
+            "getWebhookInfo",
+            &serde_json::json!({}),
+            Some(SHORT_CALL_TIMEOUT),
+        )
+        .await
     }
 
     /// One getUpdates call. `offset` confirms every update below it. The answer's elements are
@@ -288,6 +326,20 @@ struct Me {
     id: i64,
     #[serde(default)]
     username: Option<String>,
+}
+
+/// What the producer reads of getWebhookInfo (every other field is ignored).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookInfo {
+    /// Updates Telegram holds for the bot, not yet delivered (it keeps them 24 hours).
+    #[serde(default)]
+    pub pending_update_count: u64,
+    /// Unix time of the most recent failed delivery.
+    #[serde(default)]
+    pub last_error_date: Option<i64>,
+    /// Why the most recent delivery failed.
+    #[serde(default)]
+    pub last_error_message: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -1,4 +1,5 @@
-//! Webhook intake: Telegram POSTs each update to `/webhook/{bot_id}`.
+//! Webhook intake: Telegram POSTs each update to `/webhook/{bot_id}`. Every configured bot has
+//! its route from startup (the id comes from its token), whatever its Bot API calls answer.
 //!
 //! Guarantees:
 //! - The `X-Telegram-Bot-Api-Secret-Token` header is compared with the configured secret in
@@ -39,6 +40,7 @@ use crate::metrics;
 use crate::poller::unix_millis;
 use crate::publisher::{Publisher, RecordOutcome};
 use crate::update::record_for;
+use crate::webhook_info::WebhookWatch;
 
 /// The header Telegram sends the webhook secret in.
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
@@ -60,6 +62,7 @@ struct WebhookState {
     body_timeout: Duration,
     /// One permit per authenticated request being read or published.
     turns: Arc<Semaphore>,
+    watch: Arc<WebhookWatch>,
 }
 
 /// Serves the webhook endpoints on `listener` until `shutdown`, then finishes the requests in
@@ -69,6 +72,7 @@ pub(crate) async fn serve(
     bots: HashMap<i64, usize>,
     config: &WebhookConfig,
     publisher: Arc<Publisher>,
+    watch: Arc<WebhookWatch>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = Arc::new(WebhookState {
@@ -77,6 +81,7 @@ pub(crate) async fn serve(
         publisher,
         body_timeout: config.body_timeout,
         turns: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+        watch,
     });
     let app = Router::new()
         .route("/webhook/{bot_id}", post(receive))
@@ -122,6 +127,7 @@ async fn receive(
         );
         return StatusCode::NOT_FOUND;
     };
+    state.watch.delivered(bot_id);
     let announced = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

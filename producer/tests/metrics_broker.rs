@@ -12,26 +12,9 @@ use std::time::Duration;
 
 use botsim::Fault;
 use common::*;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use testkit::BrokerKind;
 use testkit::eventually;
-
-/// The value of the sample `name{labels…}` whose label set contains every `labels` pair.
-fn sample(handle: &PrometheusHandle, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let text = handle.render();
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_updates_errors_and_confirms_and_age_the_unconfirmed_broker() {
@@ -69,7 +52,7 @@ async fn metrics_count_updates_errors_and_confirms_and_age_the_unconfirmed_broke
         .unwrap();
     assert!(
         eventually(Duration::from_secs(30), async || {
-            sample(
+            metric_sample(
                 &handle,
                 "tgingest_last_confirmed_update_id",
                 &[("bot", &bot)],
@@ -80,7 +63,7 @@ async fn metrics_count_updates_errors_and_confirms_and_age_the_unconfirmed_broke
         handle.render()
     );
     let received = |kind: &str| {
-        sample(
+        metric_sample(
             &handle,
             "tgingest_updates_received_total",
             &[("bot", &bot), ("kind", kind)],
@@ -90,14 +73,14 @@ async fn metrics_count_updates_errors_and_confirms_and_age_the_unconfirmed_broke
     assert_eq!(received("poll"), Some(1.0));
     for code in ["429", "409", "502"] {
         assert_eq!(
-            sample(&handle, "tgingest_telegram_errors_total", &[("code", code)]),
+            metric_sample(&handle, "tgingest_telegram_errors_total", &[("code", code)]),
             Some(1.0),
             "code {code}"
         );
     }
-    assert!(sample(&handle, "tgingest_publish_seconds_count", &[]).unwrap() >= 1.0);
+    assert!(metric_sample(&handle, "tgingest_publish_seconds_count", &[]).unwrap() >= 1.0);
     assert_eq!(
-        sample(
+        metric_sample(
             &handle,
             "tgingest_oldest_unconfirmed_age_seconds",
             &[("bot", &bot)]
@@ -118,7 +101,7 @@ async fn metrics_count_updates_errors_and_confirms_and_age_the_unconfirmed_broke
             .unwrap();
         // Each failed publish attempt (3 s delivery timeout) refreshes the age.
         let aged = eventually(Duration::from_secs(15), async || {
-            sample(
+            metric_sample(
                 &handle,
                 "tgingest_oldest_unconfirmed_age_seconds",
                 &[("bot", &bot)],
@@ -131,16 +114,16 @@ async fn metrics_count_updates_errors_and_confirms_and_age_the_unconfirmed_broke
             "the age never grew while Kafka was down:\n{}",
             handle.render()
         );
-        assert!(sample(&handle, "tgingest_publish_failures_total", &[]).unwrap() >= 1.0);
+        assert!(metric_sample(&handle, "tgingest_publish_failures_total", &[]).unwrap() >= 1.0);
         broker.set_available(true).await.unwrap();
         assert!(
             eventually(Duration::from_secs(40), async || {
-                sample(
+                metric_sample(
                     &handle,
                     "tgingest_last_confirmed_update_id",
                     &[("bot", &bot)],
                 ) == Some(held as f64)
-                    && sample(
+                    && metric_sample(
                         &handle,
                         "tgingest_oldest_unconfirmed_age_seconds",
                         &[("bot", &bot)],

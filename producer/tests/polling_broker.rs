@@ -488,7 +488,7 @@ async fn while_the_broker_is_down_the_offset_never_advances_and_everything_lands
     }
     assert_eq!(readiness.history(producer::KAFKA_CHECK).last(), Some(&true));
     assert_eq!(
-        readiness.history(producer::TELEGRAM_CHECK).last(),
+        readiness.history(&producer::readiness::Unit::bot(1)).last(),
         Some(&true)
     );
     producer.stop().await.unwrap();

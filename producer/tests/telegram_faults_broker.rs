@@ -11,19 +11,6 @@ use std::time::{Duration, SystemTime};
 use botsim::Fault;
 use common::*;
 use testkit::eventually;
-use tracing::subscriber::DefaultGuard;
-
-/// Captures this thread's log events at trace level (the tests run on a current-thread runtime,
-/// so the producer's tasks log on this thread too).
-fn capture_logs() -> (LogBuffer, DefaultGuard) {
-    let buffer = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(buffer.clone())
-        .finish();
-    (buffer, tracing::subscriber::set_default(subscriber))
-}
 
 /// Starts a producer, waits for its first getUpdates, queues `faults` for the following
 /// getUpdates calls, pushes one update and waits until Kafka has it and Telegram confirmed it.
@@ -110,7 +97,7 @@ async fn a_429_waits_exactly_retry_after_before_the_next_call_broker() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_409_episode_backs_off_and_is_logged_once_broker() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = capture_thread_logs(tracing::Level::TRACE);
     let (_api, requests) = run_through_faults(vec![Fault::Conflict; 4]).await;
     let conflicts: Vec<_> = requests.iter().filter(|r| r.status == 409).collect();
     assert_eq!(conflicts.len(), 4, "{requests:#?}");
@@ -162,7 +149,7 @@ async fn server_errors_back_off_exponentially_up_to_the_cap_broker() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_malformed_body_is_logged_and_retried_broker() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = capture_thread_logs(tracing::Level::TRACE);
     let (_api, requests) =
         run_through_faults(vec![Fault::MalformedBody, Fault::MalformedBody]).await;
     assert_eq!(
@@ -193,36 +180,6 @@ async fn a_stalled_getupdates_times_out_and_polling_resumes_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_token_ends_startup_with_one_line_naming_the_bot_by_position() {
-    // Only the first token is known to the fake Telegram: the second is rejected with 401.
-    let api = botsim::BotApi::start(botsim::BotApiConfig::default())
-        .await
-        .unwrap();
-    api.add_bot(TOKENS[0], botsim::BotInfo::new(BOT_IDS[0], "one", "One"));
-    let mut client = rdkafka::ClientConfig::new();
-    client.set("bootstrap.servers", "127.0.0.1:1");
-    let config = producer::ProducerConfig::new(
-        api.base_url().parse().unwrap(),
-        TOKENS
-            .iter()
-            .map(|t| secrecy::SecretString::from((*t).to_owned()))
-            .collect(),
-        "unused".to_owned(),
-        client,
-    );
-    let mut producer = RunningProducer::spawn(config);
-    let error = producer.join(Duration::from_secs(20)).await.unwrap_err();
-    let text = format!("{error:#}");
-    assert_eq!(
-        text,
-        "bot #2: token rejected by Telegram (401 Unauthorized)"
-    );
-    for token in TOKENS {
-        assert!(!text.contains(token));
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_topic_is_a_startup_error_naming_it_broker() {
     let api = start_botsim(1).await;
     let (broker, _topic) = start_broker().await;
@@ -241,45 +198,54 @@ async fn a_bot_api_that_omits_optional_getme_fields_is_served_broker() {
     let (broker, topic) = start_broker().await;
     let id = push_message(&api, 1, 3, "hi");
     let mut producer = RunningProducer::spawn(polling_config(&api, &broker, &topic, 1));
-    let confirmed = eventually(Duration::from_secs(30), async || {
-        producer.is_finished() || api.confirmed_offset(TOKENS[0]) == Some(id + 1)
-    })
-    .await;
-    if producer.is_finished() {
-        let error = producer.join(Duration::from_secs(1)).await;
-        panic!("the producer stopped: {error:?}");
-    }
+    let confirmed = producer
+        .serves_until(Duration::from_secs(30), async || {
+            api.confirmed_offset(TOKENS[0]) == Some(id + 1)
+        })
+        .await;
     assert!(confirmed, "never confirmed");
     producer.stop().await.unwrap();
 }
 
-/// Starts a producer for one bot whose getMe consumes `faults` (one a call) and returns the error
-/// that ended startup.
-async fn startup_error_after_getme_faults(faults: Vec<Fault>) -> String {
+/// Starts a producer for one bot whose getMe consumes `faults` (one a call), and returns every
+/// reason its readiness unit gave meanwhile, once the bot served an update after them: startup
+/// failures of one bot are retried without end, never fatal.
+async fn getme_failure_reasons(faults: Vec<Fault>) -> Vec<String> {
     let api = start_botsim(1).await;
+    let count = faults.len();
     for fault in faults {
         api.inject_on(TOKENS[0], "getMe", fault).unwrap();
     }
-    let mut client = rdkafka::ClientConfig::new();
-    client.set("bootstrap.servers", "127.0.0.1:1");
-    let mut config = polling_config_for(&api, client, "unused");
+    let (broker, topic) = start_broker().await;
+    let mut config = polling_config(&api, &broker, &topic, 1);
     config.backoff.max = Duration::from_millis(100);
-    let mut producer = RunningProducer::spawn(config);
-    let error = producer.join(Duration::from_secs(20)).await.unwrap_err();
-    format!("{error:#}")
+    let readiness = std::sync::Arc::new(RecordingReadiness::default());
+    let mut producer = RunningProducer::spawn_with(config, readiness.clone());
+    let id = push_message(&api, 1, 3, "after the faults");
+    let confirmed = producer
+        .serves_until(Duration::from_secs(30), async || {
+            api.confirmed_offset(TOKENS[0]) == Some(id + 1)
+        })
+        .await;
+    assert!(confirmed, "never served after {count} getMe failures");
+    producer.stop().await.unwrap();
+    readiness.reasons(&producer::readiness::Unit::bot(1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn getme_failures_say_what_was_wrong_with_the_real_http_status() {
-    let malformed = startup_error_after_getme_faults(vec![Fault::MalformedBody; 5]).await;
+async fn getme_failures_say_what_was_wrong_with_the_real_http_status_broker() {
+    let malformed = getme_failure_reasons(vec![Fault::MalformedBody; 5]).await;
     assert!(
         malformed
-            .starts_with("bot #1: getMe failed after 5 attempts: malformed response (HTTP 200): "),
-        "{malformed}"
+            .iter()
+            .any(|r| r.starts_with("getMe failed: malformed response (HTTP 200): ")),
+        "{malformed:?}"
     );
-    let bad_gateway = startup_error_after_getme_faults(vec![Fault::ServerError(502); 5]).await;
+    let bad_gateway = getme_failure_reasons(vec![Fault::ServerError(502); 6]).await;
     assert!(
-        bad_gateway.starts_with("bot #1: getMe failed after 5 attempts: server error 502"),
-        "{bad_gateway}"
+        bad_gateway
+            .iter()
+            .any(|r| r.starts_with("getMe failed: server error 502")),
+        "{bad_gateway:?}"
     );
 }

@@ -54,6 +54,18 @@ async fn serve_webhook() -> (
     (api, broker, topic, producer, addr)
 }
 
+/// One bot and a broker the test can take down; `None` (the test is skipped, saying why) on an
+/// external broker.
+async fn start_with_controllable_broker() -> Option<(botsim::BotApi, testkit::TestBroker, String)> {
+    let api = start_botsim(1).await;
+    let (broker, topic) = start_broker().await;
+    if broker.kind() == BrokerKind::External {
+        eprintln!("skipped: an external broker cannot be taken down by a test");
+        return None;
+    }
+    Some((api, broker, topic))
+}
+
 fn update(id: i64, chat: i64, text: &str) -> Vec<u8> {
     format!(r#"{{"update_id":{id},"message":{{"message_id":{id},"chat":{{"id":{chat}}},"text":"{text}"}}}}"#)
         .into_bytes()
@@ -145,12 +157,9 @@ async fn a_200_means_kafka_has_the_update_byte_identical_with_key_and_headers_br
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_makes_the_endpoint_answer_5xx_until_it_returns_broker() {
-    let api = start_botsim(1).await;
-    let (broker, topic) = start_broker().await;
-    if broker.kind() == BrokerKind::External {
-        eprintln!("skipped: an external broker cannot be taken down by a test");
+    let Some((api, broker, topic)) = start_with_controllable_broker().await else {
         return;
-    }
+    };
     let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
     let producer = RunningProducer::spawn(config);
     wait_listening(addr).await;
@@ -241,6 +250,83 @@ async fn setwebhook_at_startup_lets_telegram_push_updates_into_kafka_broker() {
         "a webhook replica must never delete the webhook"
     );
     assert_eq!(set.params.get("drop_pending_updates"), Some("false"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_readiness_recovers_after_an_outage_without_further_requests_broker() {
+    let Some((api, broker, topic)) = start_with_controllable_broker().await else {
+        return;
+    };
+    let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
+    let readiness = std::sync::Arc::new(RecordingReadiness::default());
+    let producer = RunningProducer::spawn_with(config, readiness.clone());
+    wait_listening(addr).await;
+    broker.set_available(false).await.unwrap();
+    let status = post(addr, BOT_IDS[0], Some(SECRET), &update(1, 1, "down")).await;
+    assert_eq!(status, 503, "answered {status} while Kafka was down");
+    assert_eq!(
+        readiness.history(producer::KAFKA_CHECK).last(),
+        Some(&false),
+        "the failed publish was not reported"
+    );
+
+    // Back, and no request arrives: in Kubernetes none can reach a pod that is not ready.
+    broker.set_available(true).await.unwrap();
+    let recovered = eventually(Duration::from_secs(15), async || {
+        readiness.history(producer::KAFKA_CHECK).last() == Some(&true)
+    })
+    .await;
+    assert!(
+        recovered,
+        "Kafka readiness did not recover within 15 s without traffic"
+    );
+    producer.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setwebhook_rate_limited_at_startup_waits_retry_after_and_registers_broker() {
+    let api = start_botsim(1).await;
+    api.inject_on(
+        TOKENS[0],
+        "setWebhook",
+        botsim::Fault::TooManyRequests { retry_after: 2 },
+    )
+    .unwrap();
+    let (broker, topic) = start_broker().await;
+    let (mut config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
+    if let producer::IntakeMode::Webhook(webhook) = &mut config.mode {
+        webhook.public_url = Some(format!("http://{addr}/").parse().unwrap());
+    }
+    let mut producer = RunningProducer::spawn(config);
+    let set_webhook = |api: &botsim::BotApi| -> Vec<botsim::RequestRecord> {
+        api.requests()
+            .into_iter()
+            .filter(|r| r.method == "setwebhook")
+            .collect()
+    };
+    let registered = producer
+        .serves_until(Duration::from_secs(20), async || {
+            set_webhook(&api).iter().any(|r| r.status == 200)
+        })
+        .await;
+    assert!(registered, "setWebhook was never retried");
+    let calls = set_webhook(&api);
+    assert_eq!(calls[0].status, 429, "{calls:#?}");
+    let waited = calls[1]
+        .at
+        .duration_since(calls[0].at + calls[0].duration)
+        .unwrap_or_default();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "setWebhook was retried {waited:?} after a 429 with retry_after 2"
+    );
+    let id = push_message(&api, 1, 4, "pushed");
+    let records = read_topic(&broker, &topic, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        records[0].header(header::UPDATE_ID),
+        Some(id.to_string().as_str())
+    );
+    producer.stop().await.unwrap();
 }
 
 /// Bytes of a body that announces 16 MiB: what an attacker streams slowly or never finishes.

@@ -154,6 +154,7 @@ fn operator_name(setting: Setting) -> &'static str {
         Setting::Topic => "KAFKA_TOPIC",
         Setting::PollingRequestTimeout => "TELEGRAM_POLL_TIMEOUT",
         Setting::WebhookPublicUrl => "WEBHOOK_PUBLIC_URL",
+        Setting::AutoCreateTopics => "KAFKA_CLIENT_OPTIONS",
         Setting::MessageMaxBytes
         | Setting::DeliveryTimeout
         | Setting::Backoff

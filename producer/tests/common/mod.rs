@@ -24,12 +24,13 @@ use tokio_util::sync::CancellationToken;
 pub const PARTITIONS: i32 = 3;
 
 /// Tokens of the test bots: realistic shape, so a leak would be recognisable in logs.
-pub const TOKENS: [&str; 2] = [
+pub const TOKENS: [&str; 3] = [
     "7000000001:AAHtestTOKENoneXXXXXXXXXXXXXXXXXXXX",
     "7000000002:AAHtestTOKENtwoYYYYYYYYYYYYYYYYYYYY",
+    "7000000003:AAHtestTOKENthreeZZZZZZZZZZZZZZZZZZ",
 ];
-/// Ids of the test bots.
-pub const BOT_IDS: [i64; 2] = [7_000_000_001, 7_000_000_002];
+/// Ids of the test bots (the digits before the colon of their tokens).
+pub const BOT_IDS: [i64; 3] = [7_000_000_001, 7_000_000_002, 7_000_000_003];
 
 /// The fake Telegram with the test bots registered.
 pub async fn start_botsim(bots: usize) -> BotApi {
@@ -158,6 +159,27 @@ impl RunningProducer {
     pub fn is_finished(&self) -> bool {
         self.task.as_ref().is_none_or(JoinHandle::is_finished)
     }
+
+    /// Fails the test, with the producer's own error, if `run` returned.
+    pub async fn assert_running(&mut self) {
+        if self.is_finished() {
+            let error = self.join(Duration::from_secs(1)).await;
+            panic!("the producer stopped: {error:?}");
+        }
+    }
+
+    /// Waits up to `timeout` for `condition`, failing the test at once if the producer stops
+    /// meanwhile; whether `condition` held.
+    pub async fn serves_until(
+        &mut self,
+        timeout: Duration,
+        mut condition: impl AsyncFnMut() -> bool,
+    ) -> bool {
+        let held =
+            testkit::eventually(timeout, async || self.is_finished() || condition().await).await;
+        self.assert_running().await;
+        held
+    }
 }
 
 impl Drop for RunningProducer {
@@ -245,29 +267,131 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
     }
 }
 
-/// Records every readiness change, for tests that assert on them.
+/// The value of the sample `name{labels…}` whose label set contains every `labels` pair.
+pub fn metric_sample(
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    handle
+        .render()
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+fn log_subscriber(level: tracing::Level, buffer: &LogBuffer) -> impl tracing::Subscriber {
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(buffer.clone())
+        .finish()
+}
+
+/// Captures the log events of every thread at `level` and above (the subscriber is
+/// process-global: one such test per binary).
+pub fn capture_logs_globally(level: tracing::Level) -> LogBuffer {
+    let buffer = LogBuffer::default();
+    // `try_init` also bridges the `log` crate (librdkafka's and reqwest's own logging).
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(buffer.clone())
+        .try_init()
+        .unwrap();
+    buffer
+}
+
+/// Captures this thread's log events at `level` and above while the guard lives (on a
+/// current-thread runtime, the producer's tasks log on this thread too).
+pub fn capture_thread_logs(
+    level: tracing::Level,
+) -> (LogBuffer, tracing::subscriber::DefaultGuard) {
+    let buffer = LogBuffer::default();
+    let guard = tracing::subscriber::set_default(log_subscriber(level, &buffer));
+    (buffer, guard)
+}
+
+/// Records every readiness report, for tests that assert on them.
 #[derive(Debug, Default)]
-pub struct RecordingReadiness(std::sync::Mutex<Vec<(Unit, bool)>>);
+pub struct RecordingReadiness(std::sync::Mutex<Vec<(Unit, Result<String, String>)>>);
 
 impl RecordingReadiness {
-    /// Every change of `unit`, in order (`true` = ready).
+    /// Every report of `unit`, in order (`true` = ready).
     pub fn history(&self, unit: &Unit) -> Vec<bool> {
         self.0
             .lock()
             .unwrap()
             .iter()
             .filter(|(u, _)| u == unit)
-            .map(|(_, ready)| *ready)
+            .map(|(_, state)| state.is_ok())
+            .collect()
+    }
+
+    /// The last report of `unit`: `Ok(detail)` or `Err(reason)`.
+    pub fn last(&self, unit: &Unit) -> Option<Result<String, String>> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(u, _)| u == unit)
+            .map(|(_, state)| state.clone())
+    }
+
+    /// Every reason `unit` was reported not ready for, in order.
+    pub fn reasons(&self, unit: &Unit) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(u, _)| u == unit)
+            .filter_map(|(_, state)| state.clone().err())
+            .collect()
+    }
+
+    /// How many reports arrived so far.
+    pub fn reports(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// What `/readyz` would have answered after each report (ready iff every unit reported so far
+    /// is ready), in order.
+    pub fn process_ready_over_time(&self) -> Vec<bool> {
+        let mut units = std::collections::BTreeMap::new();
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(unit, state)| {
+                units.insert(unit.clone(), state.is_ok());
+                units.values().all(|ready| *ready)
+            })
             .collect()
     }
 }
 
 impl Readiness for RecordingReadiness {
-    fn ready(&self, unit: &Unit, _detail: &str) {
-        self.0.lock().unwrap().push((unit.clone(), true));
+    fn ready(&self, unit: &Unit, detail: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((unit.clone(), Ok(detail.to_owned())));
     }
-    fn not_ready(&self, unit: &Unit, _reason: &str) {
-        self.0.lock().unwrap().push((unit.clone(), false));
+    fn not_ready(&self, unit: &Unit, reason: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((unit.clone(), Err(reason.to_owned())));
     }
     fn withdraw(&self, _unit: &Unit) {
         // The producer's units live as long as the producer: it withdraws none.
