@@ -52,6 +52,16 @@ pub enum Standing {
 }
 
 impl Ownership {
+    /// The ownership a statement returned as `(next_offset, owner_epoch, rewind_seq)`.
+    fn from_row(partition: i32, (next_offset, owner_epoch, rewind_seq): (i64, i64, i64)) -> Self {
+        Self {
+            partition,
+            next_offset,
+            owner_epoch,
+            rewind_seq,
+        }
+    }
+
     /// How this owner stands against `stored`, the partition's row as read.
     pub fn standing(&self, stored: Option<StoredOffset>) -> Standing {
         match stored {
@@ -181,12 +191,7 @@ impl OffsetStore {
         .fetch_optional(&mut *conn);
         let result = timeout_at(deadline, statement).await;
         let row: Option<(i64, i64, i64)> = self.finish(conn, deadline, result).await?;
-        Ok(row.map(|(next_offset, owner_epoch, rewind_seq)| Ownership {
-            partition,
-            next_offset,
-            owner_epoch,
-            rewind_seq,
-        }))
+        Ok(row.map(|row| Ownership::from_row(partition, row)))
     }
 
     /// Takes the partition over, creating its row at `initial_offset` when there is none. One
@@ -212,14 +217,8 @@ impl OffsetStore {
         .bind(initial_offset)
         .fetch_one(&mut *conn);
         let result = timeout_at(deadline, statement).await;
-        let (next_offset, owner_epoch, rewind_seq): (i64, i64, i64) =
-            self.finish(conn, deadline, result).await?;
-        Ok(Ownership {
-            partition,
-            next_offset,
-            owner_epoch,
-            rewind_seq,
-        })
+        let row: (i64, i64, i64) = self.finish(conn, deadline, result).await?;
+        Ok(Ownership::from_row(partition, row))
     }
 
     /// Takes the partition back for an owner at `own_epoch` that Kafka still assigns it to
@@ -266,12 +265,7 @@ impl OffsetStore {
         };
         let result = timeout_at(deadline, statement.fetch_optional(&mut *conn)).await;
         let row: Option<(i64, i64, i64)> = self.finish(conn, deadline, result).await?;
-        Ok(row.map(|(next_offset, owner_epoch, rewind_seq)| Ownership {
-            partition,
-            next_offset,
-            owner_epoch,
-            rewind_seq,
-        }))
+        Ok(row.map(|row| Ownership::from_row(partition, row)))
     }
 
     /// Reads the partition's row, within the client-side deadline.

@@ -14,7 +14,7 @@ use common::*;
 use consumer::ConsumerStats;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use testkit::invariants::assert_invariants;
+use testkit::invariants::{ProducedRecord, assert_invariants};
 use testkit::sink::{RunningConsumer, wait_for_log_end};
 use testkit::updates::{messages, produce};
 use testkit::{TcpProxy, TestDb, wait_until};
@@ -36,17 +36,7 @@ async fn epochs(pool: &PgPool, group: &str) -> BTreeMap<i32, i64> {
 async fn broker_two_members_keep_progressing_after_a_restore_without_fencing_each_other() {
     let (db, broker, topic, group) = setup(4).await;
     let cfg = config(&broker, &group, &topic);
-    let a = RunningConsumer::start(cfg.clone(), db.pool().clone());
-    let b = RunningConsumer::start(cfg, db.pool().clone());
-    wait_until(
-        Duration::from_secs(45),
-        "both consumers own partitions",
-        || async {
-            ConsumerStats::get(&a.stats.assignments) > 0
-                && ConsumerStats::get(&b.stats.assignments) > 0
-        },
-    )
-    .await;
+    let (a, b) = two_members(cfg, &db).await;
     let client = broker.client_config();
     let mut manifest = produce(&client, &topic, &messages(1, 200, 4)).await;
     wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(45)).await;
@@ -126,6 +116,22 @@ async fn broker_two_members_keep_progressing_after_a_restore_without_fencing_eac
     b.stop().await;
 }
 
+/// Asserts that every record of `manifest` was written within `bound` of `since`.
+async fn assert_resumed_within(
+    db: &TestDb,
+    group: &str,
+    manifest: &[ProducedRecord],
+    since: Instant,
+    bound: Duration,
+) {
+    wait_for_log_end(db.pool(), group, manifest, bound + Duration::from_secs(10)).await;
+    let took = since.elapsed();
+    assert!(
+        took <= bound,
+        "every partition resumed within {bound:?}: took {took:?}"
+    );
+}
+
 /// A pool to `db` whose connections pass through `proxy`.
 async fn pool_through(proxy: &TcpProxy, db: &TestDb, acquire_timeout: Duration) -> PgPool {
     let options = PgConnectOptions::from_str(db.url())
@@ -193,18 +199,7 @@ async fn broker_a_silently_dropped_postgres_connection_is_abandoned_at_the_trans
         .execute(db.pool())
         .await
         .unwrap();
-    wait_for_log_end(
-        db.pool(),
-        &group,
-        &manifest,
-        bound + Duration::from_secs(10),
-    )
-    .await;
-    let resumed_in = frozen_at.elapsed();
-    assert!(
-        resumed_in <= bound,
-        "every partition resumed within {bound:?} of the freeze: took {resumed_in:?}"
-    );
+    assert_resumed_within(&db, &group, &manifest, frozen_at, bound).await;
     assert!(
         ConsumerStats::get(&consumer.stats.deadlines_expired) > 0,
         "a batch transaction outlived its deadline"
@@ -276,19 +271,7 @@ async fn broker_writes_resume_once_a_read_only_database_turns_writable() {
     // connection per partition, with margin.
     set_read_only(false).await;
     let bound = retry_max + Duration::from_secs(5);
-    let writable_at = Instant::now();
-    wait_for_log_end(
-        db.pool(),
-        &group,
-        &manifest,
-        bound + Duration::from_secs(10),
-    )
-    .await;
-    assert!(
-        writable_at.elapsed() <= bound,
-        "writes resumed within {bound:?}: took {:?}",
-        writable_at.elapsed()
-    );
+    assert_resumed_within(&db, &group, &manifest, Instant::now(), bound).await;
     assert_invariants(db.pool(), &group, &manifest).await;
     consumer.stop().await;
 }

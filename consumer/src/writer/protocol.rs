@@ -205,24 +205,8 @@ impl FencedTransactions {
             xid,
             "connection lost during COMMIT: resolving with pg_xact_status ({error})"
         );
-        match self.resolve(xid).await {
-            Some(true) => {
-                self.stats.commit_unknown(true);
-                tracing::info!(xid, "the COMMIT of unknown outcome had landed");
-                Ok(())
-            }
-            Some(false) => {
-                self.stats.commit_unknown(false);
-                tracing::info!(
-                    xid,
-                    "the COMMIT of unknown outcome had not landed: redoing the batch"
-                );
-                Err(WriteError::Transient(error))
-            }
-            // Still unknown: retrying is safe, the fenced offset update refuses a second apply
-            // and the worker then follows the stored row.
-            None => Err(WriteError::Transient(error)),
-        }
+        let committed = self.resolve(xid).await;
+        self.resolved(xid, committed, error)
     }
 
     /// COMMIT on `conn`; the `consumer::commit_connection_lost` failpoint loses its reply.
@@ -324,21 +308,33 @@ impl FencedTransactions {
             Some("aborted") => Some(false),
             _ => self.resolve(xid).await,
         };
+        self.resolved(xid, committed, transaction::deadline_expired(self.deadline))
+    }
+
+    /// What the resolution of a COMMIT of unknown outcome means for the write: `Ok` when it
+    /// landed, else `error` for a retry. A still unknown outcome is retried too: the fenced
+    /// offset update refuses a second apply and the worker then follows the stored row.
+    fn resolved(
+        &self,
+        xid: &str,
+        committed: Option<bool>,
+        error: sqlx::Error,
+    ) -> Result<(), WriteError> {
         match committed {
             Some(true) => {
                 self.stats.commit_unknown(true);
-                tracing::info!(xid, "the COMMIT of the abandoned transaction had landed");
+                tracing::info!(xid, "the COMMIT of unknown outcome had landed");
                 Ok(())
             }
             Some(false) => {
                 self.stats.commit_unknown(false);
                 tracing::info!(
                     xid,
-                    "the abandoned transaction did not commit: redoing the batch"
+                    "the COMMIT of unknown outcome had not landed: redoing the batch"
                 );
-                Err(expired())
+                Err(WriteError::Transient(error))
             }
-            None => Err(expired()),
+            None => Err(WriteError::Transient(error)),
         }
     }
 
