@@ -203,20 +203,7 @@ async fn two_consumers_share_partitions(strategy: AssignmentStrategy) {
     let (db, broker, topic, group) = setup(6).await;
     let mut cfg = config(&broker, &group, &topic);
     cfg.assignment_strategy = strategy;
-    let a = RunningConsumer::start(cfg.clone(), db.pool().clone());
-    let b = RunningConsumer::start(cfg, db.pool().clone());
-    // Traffic starts once the group has given both members partitions: a consumer that drains
-    // each round at once could otherwise take all of it before the second one joins (seen on
-    // Tansu, whose group formation takes seconds).
-    wait_until(
-        Duration::from_secs(45),
-        "both consumers own partitions",
-        || async {
-            ConsumerStats::get(&a.stats.assignments) > 0
-                && ConsumerStats::get(&b.stats.assignments) > 0
-        },
-    )
-    .await;
+    let (a, b) = two_members(cfg, &db).await;
     let mut manifest = Vec::new();
     let client = broker.client_config();
     for round in 0..6 {
