@@ -63,6 +63,106 @@ pub fn edited(
     .into_bytes()
 }
 
+/// A user object as Telegram embeds it, named `name`.
+fn user(user_id: i64, name: &str) -> serde_json::Value {
+    serde_json::json!({"id": user_id, "is_bot": false, "first_name": name})
+}
+
+/// A callback query (no date of its own) from a button under message `message_id` of `chat_id`.
+pub fn callback_query(
+    update_id: i64,
+    query_id: &str,
+    user_id: i64,
+    name: &str,
+    chat_id: i64,
+    message_id: i64,
+    data: &str,
+) -> Vec<u8> {
+    serde_json::json!({
+        "update_id": update_id,
+        "callback_query": {
+            "id": query_id,
+            "from": user(user_id, name),
+            "message": {
+                "message_id": message_id,
+                "chat": {"id": chat_id, "title": format!("Chat {chat_id} ({name})"), "type": "supergroup"},
+                "date": 1_700_000_000
+            },
+            "chat_instance": format!("ci{chat_id}"),
+            "data": data
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// An inline query (no date of its own).
+pub fn inline_query(
+    update_id: i64,
+    query_id: &str,
+    user_id: i64,
+    name: &str,
+    query: &str,
+) -> Vec<u8> {
+    serde_json::json!({
+        "update_id": update_id,
+        "inline_query": {"id": query_id, "from": user(user_id, name), "query": query, "offset": ""}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A chosen inline result (no date of its own).
+pub fn chosen_inline_result(
+    update_id: i64,
+    result_id: &str,
+    user_id: i64,
+    name: &str,
+    query: &str,
+) -> Vec<u8> {
+    serde_json::json!({
+        "update_id": update_id,
+        "chosen_inline_result": {"result_id": result_id, "from": user(user_id, name), "query": query}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A poll's new state (no date of its own).
+pub fn poll(update_id: i64, poll_id: &str, question: &str, voters: i64) -> Vec<u8> {
+    serde_json::json!({
+        "update_id": update_id,
+        "poll": {
+            "id": poll_id,
+            "question": question,
+            "options": [{"text": "yes", "voter_count": voters}, {"text": "no", "voter_count": 0}],
+            "total_voter_count": voters,
+            "is_closed": false,
+            "is_anonymous": false,
+            "type": "regular",
+            "allows_multiple_answers": false
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A user's answer to a poll (no date of its own; `[]` retracts the vote).
+pub fn poll_answer(
+    update_id: i64,
+    poll_id: &str,
+    user_id: i64,
+    name: &str,
+    options: &[i64],
+) -> Vec<u8> {
+    serde_json::json!({
+        "update_id": update_id,
+        "poll_answer": {"poll_id": poll_id, "user": user(user_id, name), "option_ids": options}
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// The fixture updates of the workspace's `tests/fixtures/updates`, `(file stem, bytes)`, sorted
 /// by name.
 pub fn fixtures() -> Vec<(String, Vec<u8>)> {
