@@ -70,7 +70,8 @@ impl InflightBudget {
     }
 
     /// The bytes reserved by all workers now.
-    pub(crate) fn reserved(&self) -> usize {
+    #[cfg(test)]
+    fn reserved(&self) -> usize {
         self.grants().reserved
     }
 

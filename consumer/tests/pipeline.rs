@@ -180,11 +180,7 @@ async fn broker_a_budget_for_one_batch_is_handed_out_in_whole_batches() {
     // and each turn fills a whole batch rather than six workers splitting the room.
     let (db, broker, topic, group) = setup(6).await;
     let outgoing = messages(1, 1_200, 6);
-    let mean = outgoing
-        .iter()
-        .map(|o| o.value.len() + o.key.len())
-        .sum::<usize>()
-        / outgoing.len();
+    let mean = mean_record_bytes(&outgoing);
     let manifest = produce(&broker.client_config(), &topic, &outgoing).await;
     let mut cfg = config(&broker, &group, &topic);
     cfg.max_inflight_bytes = mean * 75;
@@ -251,11 +247,7 @@ async fn broker_behind_a_small_budget_no_partition_waits_while_another_commits_m
             })
         })
         .collect();
-    let mean = outgoing
-        .iter()
-        .map(|o| o.value.len() + o.key.len())
-        .sum::<usize>()
-        / outgoing.len();
+    let mean = mean_record_bytes(&outgoing);
     let manifest = produce(&broker.client_config(), &topic, &outgoing).await;
     let mut cfg = config(&broker, &group, &topic);
     cfg.batch_max_records = BATCH;
@@ -295,6 +287,15 @@ async fn broker_behind_a_small_budget_no_partition_waits_while_another_commits_m
             "partition {q} committed {n} batches while partition {p}, with a backlog, waited"
         );
     }
+}
+
+/// The mean bytes of the records (value and key), as the budget sizes them.
+fn mean_record_bytes(outgoing: &[Outgoing]) -> usize {
+    outgoing
+        .iter()
+        .map(|o| o.value.len() + o.key.len())
+        .sum::<usize>()
+        / outgoing.len()
 }
 
 async fn two_consumers_share_partitions(strategy: AssignmentStrategy) {

@@ -382,7 +382,6 @@ async fn user_name(pool: &PgPool) -> String {
 async fn a_late_webhook_retry_of_an_older_dateless_update_never_overwrites_a_newer_one() {
     let db = TestDb::create().await.unwrap();
     let w = writer(db.pool(), 1).await;
-    let mut owner = own(db.pool()).await;
     let t = RECEIVED_AT_MS;
     let older = callback_query(10, "cb1", 42, "Old", -100, 1, "a");
     let newer = inline_query(11, "iq1", 42, "New", "q");
@@ -392,18 +391,11 @@ async fn a_late_webhook_retry_of_an_older_dateless_update_never_overwrites_a_new
         // Telegram retries the callback query's webhook a minute later.
         (older, t + 60_000),
     ];
-    for (offset, (payload, received)) in deliveries.into_iter().enumerate() {
-        let batch = [record_received_at(offset as i64, payload, received)];
-        w.write(&mut owner, &batch).await.unwrap();
-    }
+    apply(db.pool(), &w, &deliveries, 1).await;
     assert_eq!(user_name(db.pool()).await, "New");
     // A dated message with an older update id loses to the dateless newer one too.
-    let batch = [record_received_at(
-        3,
-        message(9, -100, 42, 5, 1_800_000_000, "hi"),
-        t + 120_000,
-    )];
-    w.write(&mut owner, &batch).await.unwrap();
+    let message = message(9, -100, 42, 5, 1_800_000_000, "hi");
+    apply(db.pool(), &w, &[(message, t + 120_000)], 1).await;
     assert_eq!(user_name(db.pool()).await, "New");
 }
 
@@ -411,7 +403,6 @@ async fn a_late_webhook_retry_of_an_older_dateless_update_never_overwrites_a_new
 async fn after_an_update_id_restart_the_new_epoch_wins_and_old_copies_never_beat_it() {
     let db = TestDb::create().await.unwrap();
     let w = writer(db.pool(), 1).await;
-    let mut owner = own(db.pool()).await;
     let t = RECEIVED_AT_MS;
     let day = 86_400_000;
     let old = callback_query(1_000, "cb1", 42, "Old", -100, 1, "a");
@@ -431,13 +422,7 @@ async fn after_an_update_id_restart_the_new_epoch_wins_and_old_copies_never_beat
         ],
     ];
     for batch in batches {
-        let first = owner.next_offset;
-        let batch: Vec<PreparedRecord> = batch
-            .into_iter()
-            .enumerate()
-            .map(|(i, (payload, received))| record_received_at(first + i as i64, payload, received))
-            .collect();
-        w.write(&mut owner, &batch).await.unwrap();
+        apply(db.pool(), &w, &batch, batch.len()).await;
     }
     assert_eq!(user_name(db.pool()).await, "Restarted");
     let epochs: Vec<(i64, i64)> =
