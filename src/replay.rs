@@ -595,8 +595,8 @@ pub struct ReprocessSummary {
     pub raw_versions_raised: u64,
 }
 
-/// (bot_id, update_id, payload_sha256, payload_bytes, received_at in whole seconds).
-type RawRow = (i64, i64, Vec<u8>, Vec<u8>, Option<i64>);
+/// (bot_id, update_id, payload_sha256, payload_bytes, update_epoch).
+type RawRow = (i64, i64, Vec<u8>, Vec<u8>, i64);
 
 /// Rebuilds every projection from `raw_updates`, `batch_size` raw updates per transaction, in key
 /// order, through the consumer's projection upsert with `processor_version`.
@@ -621,11 +621,9 @@ pub async fn reprocess_from_db(
     let limit = i64::try_from(batch_size.max(1)).unwrap_or(i64::MAX);
     let mut after: (i64, i64, Vec<u8>) = (i64::MIN, i64::MIN, Vec::new());
     loop {
-        // `received_at` (from tg-received-at, else the record timestamp) is the consumer's
-        // src_date fallback, in whole seconds.
+        // Each update keeps the update-id epoch its first copy was assigned.
         let batch: Vec<RawRow> = sqlx::query_as(
-            "SELECT bot_id, update_id, payload_sha256, payload_bytes, \
-                    floor(extract(epoch FROM received_at))::bigint \
+            "SELECT bot_id, update_id, payload_sha256, payload_bytes, update_epoch \
              FROM raw_updates \
              WHERE (bot_id, update_id, payload_sha256) > ($1, $2, $3) \
              ORDER BY bot_id, update_id, payload_sha256 \
@@ -642,9 +640,9 @@ pub async fn reprocess_from_db(
         after = (last.0, last.1, last.2.clone());
 
         let mut normalized = Vec::with_capacity(batch.len());
-        for (bot_id, update_id, _, bytes, received) in &batch {
+        for (bot_id, update_id, _, bytes, epoch) in &batch {
             match processor::normalize(*bot_id, bytes) {
-                Ok(n) => normalized.push((n, received.unwrap_or(0))),
+                Ok(n) => normalized.push((n, *epoch)),
                 Err(rejection) => {
                     summary.rejected += 1;
                     tracing::warn!(
@@ -656,10 +654,8 @@ pub async fn reprocess_from_db(
                 }
             }
         }
-        let refs: Vec<(&processor::Normalized, i64)> = normalized
-            .iter()
-            .map(|(n, fallback)| (n, *fallback))
-            .collect();
+        let refs: Vec<(&processor::Normalized, i64)> =
+            normalized.iter().map(|(n, epoch)| (n, *epoch)).collect();
         let bots: Vec<i64> = normalized.iter().map(|(n, _)| n.raw.bot_id).collect();
         let updates: Vec<i64> = normalized.iter().map(|(n, _)| n.raw.update_id).collect();
         let hashes: Vec<Vec<u8>> = normalized

@@ -17,6 +17,8 @@ const PROTOCOL_TABLES: &[&str] = &[
     "dead_letters",
     "consumer_offsets",
     "offset_gaps",
+    // Each bot's update-id epochs, which order projections (migrations/0003_update_order.sql).
+    "bot_update_epochs",
     // sqlx's ledger of applied migrations.
     "_sqlx_migrations",
 ];

@@ -22,6 +22,7 @@ pub mod readiness;
 pub mod record;
 pub mod stats;
 mod transaction;
+pub mod update_epochs;
 mod worker;
 pub mod writer;
 

@@ -9,6 +9,7 @@
 //! - the queue is read without blocking a runtime thread (non-empty callback → `Notify`, then
 //!   non-blocking polls); at most one batch is buffered, and records leave the queue only into a
 //!   batch-sized reservation of the process-wide budget (`crate::budget`; one record without),
+//!   returned after every batch so partitions take turns in the order they asked,
 //!   so memory is bounded by that budget plus librdkafka's per-partition queues, whatever the
 //!   partition count;
 //! - transient errors are retried with capped, jittered backoff while the partition is paused;
@@ -253,6 +254,9 @@ impl<L: PartitionLog> PartitionWorker<L> {
                 if let Flow::Stop(exit) = self.write_with_retry(records, &mut buffer).await {
                     return exit;
                 }
+                // One batch per reservation: the next one queues behind the partitions already
+                // waiting (what is left in the buffer is at most one record).
+                self.reservation.release();
                 last_reread = Instant::now();
                 continue;
             }
@@ -277,7 +281,7 @@ impl<L: PartitionLog> PartitionWorker<L> {
                 biased;
                 () = self.cancel.cancelled() => return WorkerExit::Cancelled,
                 () = self.notify.notified() => {}
-                () = self.reservation.budget().released(), if starved => {}
+                () = self.reservation.changed(), if starved => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
