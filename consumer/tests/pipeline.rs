@@ -208,16 +208,14 @@ async fn broker_behind_a_small_budget_no_partition_waits_while_another_commits_m
     const BATCH: usize = 20;
     const K: i64 = 2;
     let (db, broker, topic, group) = setup(PARTITIONS).await;
-    if broker.kind() != testkit::BrokerKind::Mock {
-        // On Tansu a partition between two batches can be waiting for its next fetch rather than
-        // for the budget (seen: up to 4 commits of another partition in such a wait), so the
-        // count would measure fetching, not the budget's order.
-        eprintln!(
-            "skipped on {:?}: needs every partition's backlog fetched ahead, as the mock cluster does",
-            broker.kind()
-        );
-        return;
-    }
+    // On Tansu a partition between two batches can be waiting for its next fetch rather than
+    // for the budget (seen: up to 4 commits of another partition in such a wait), so the count
+    // would measure fetching, not the budget's order.
+    testkit::require_broker(
+        broker.kind(),
+        &[testkit::BrokerKind::Mock],
+        "needs every partition's backlog fetched ahead, as the mock cluster does",
+    );
     // Every batch's offset update, with the time it ran (inside the batch transaction, so only
     // committed batches are logged).
     for statement in [
@@ -417,13 +415,11 @@ async fn broker_terminated_postgres_backends_are_survived_and_the_checker_passes
 /// is exactly retention deleting records the group had not written yet.
 async fn deleted_records_are_recorded_as_a_gap(strategy: AssignmentStrategy) {
     let (db, broker, topic, group) = setup(1).await;
-    if broker.kind() != testkit::BrokerKind::Mock {
-        eprintln!(
-            "skipped on {:?}: deleting records needs the mock cluster's 5 MB log cap",
-            broker.kind()
-        );
-        return;
-    }
+    testkit::require_broker(
+        broker.kind(),
+        &[testkit::BrokerKind::Mock],
+        "deleting records needs the mock cluster's 5 MB log cap",
+    );
     let big = "a".repeat(100_000);
     let outgoing: Vec<Outgoing> = (1..=70)
         .map(|i| Outgoing::update(0, -5, i, message(i, -5, 9, i, 1_760_000_000 + i, &big)))

@@ -84,16 +84,20 @@ async fn started(child: &ChildProcess) {
 /// reason printed: Tansu 0.6's group coordinator panics under members SIGKILLed and rejoining every
 /// few seconds (DESIGN.md §8), which would test Tansu, not tgingest. The first CI pass runs these
 /// tests on the mock cluster.
-fn churn_broker() -> Option<BrokerKind> {
-    match BrokerKind::from_env().unwrap() {
-        BrokerKind::Tansu => {
-            eprintln!(
-                "SKIPPED on Tansu: consumer churn crashes Tansu 0.6's group coordinator; this test runs on the mock cluster"
-            );
-            None
-        }
-        BrokerKind::External => Some(BrokerKind::External),
-        _ => Some(BrokerKind::Mock),
+fn churn_broker() -> BrokerKind {
+    let kind = BrokerKind::from_env().unwrap();
+    testkit::require_broker(
+        kind,
+        &[
+            BrokerKind::Mock,
+            BrokerKind::HostedMock,
+            BrokerKind::External,
+        ],
+        "consumer churn crashes Tansu 0.6's group coordinator",
+    );
+    match kind {
+        BrokerKind::External => BrokerKind::External,
+        _ => BrokerKind::Mock,
     }
 }
 
@@ -112,7 +116,7 @@ async fn setup_processes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_three_processes_under_sigkill_churn_lose_and_double_nothing() {
-    let Some(kind) = churn_broker() else { return };
+    let kind = churn_broker();
     let (db, broker, topic, group) = setup_processes(6, kind).await;
     let mut sinks: Vec<ChildProcess> = (0..3)
         .map(|i| spawn_sink(&db, &broker, &topic, &group, &format!("sink-{i}-0")))
@@ -194,7 +198,7 @@ async fn broker_three_processes_under_sigkill_churn_lose_and_double_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_scaling_one_to_three_to_one_process_under_load_loses_and_doubles_nothing() {
-    let Some(kind) = churn_broker() else { return };
+    let kind = churn_broker();
     let (db, broker, topic, group) = setup_processes(6, kind).await;
     let first = spawn_sink(&db, &broker, &topic, &group, "scale-0");
     started(&first).await;

@@ -57,7 +57,7 @@ pub mod sink;
 pub mod updates;
 pub mod wait;
 
-pub use kafka::{BrokerKind, HostedMockBroker, MockClusterHost, TestBroker};
+pub use kafka::{BrokerKind, HostedMockBroker, MockClusterHost, TestBroker, require_broker};
 pub use pg::{PrivateCluster, StopMode, TestDb};
 pub use process::{ChildProcess, free_port, with_failpoints};
 pub use proxy::TcpProxy;
