@@ -8,6 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use consumer::ops::dead_letters::{self as dlq, ListFilter, Selection};
 use consumer::record::ConsumedRecord;
 use consumer::writer::{BatchWriter, PreparedRecord};
 use consumer::{ConsumerStats, OffsetStore};
@@ -15,8 +16,7 @@ use processor::wire::{self, EnvelopeReason, Subject, header};
 use sqlx::PgPool;
 use testkit::TestDb;
 use testkit::invariants::{InvariantChecker, ProducedRecord};
-use tgingest::dlq::{self, ListFilter, Selection};
-use tgingest::replay::Progress;
+use tgingest::progress::Progress;
 
 const BOT: i64 = 7_200_000_001;
 const CHAT: i64 = -1_008_000_000_000;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consumer::ConsumerStats;
+use consumer::ops::replay::{self, ReplayTarget};
 use processor::wire::{self, Subject, header};
 use sqlx::PgPool;
 use testkit::TestDb;
@@ -16,7 +17,7 @@ use testkit::invariants::InvariantChecker;
 use testkit::sink::{log_ends, stored_offsets, wait_for_log_end, wait_for_offsets};
 use testkit::updates::{BOT, Outgoing, edited, message, produce, produce_with, producer};
 use testkit::wait_until;
-use tgingest::replay::{self, Progress, ReplayTarget};
+use tgingest::progress::Progress;
 use tokio_util::sync::CancellationToken;
 
 mod common;

@@ -17,6 +17,7 @@ pub mod config;
 mod failpoints;
 mod group;
 pub mod offsets;
+pub mod ops;
 pub mod projection;
 pub mod readiness;
 pub mod record;
