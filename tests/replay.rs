@@ -633,6 +633,110 @@ async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_
     );
 }
 
+/// DESIGN.md §5.8: reprocessing locks tables in the worker's order (raw_updates, then the
+/// projections), so it never deadlocks with a live consumer writing the same keys. The test holds
+/// what a worker holds after its first statement (the raw row), lets the reprocess run into it,
+/// then takes what the worker takes next (the chat row): in the reverse order the reprocess would
+/// already hold the chat row and one side would die with 40P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprocess_from_db_takes_the_workers_table_order_and_never_deadlocks_with_it() {
+    let db = TestDb::create().await.unwrap();
+    let pool = db.pool().clone();
+    let schema = Arc::new(
+        consumer::projection::ProjectionSchema::load(&pool)
+            .await
+            .unwrap(),
+    );
+    let writer = consumer::writer::BatchWriter::new(
+        pool.clone(),
+        "g",
+        "t",
+        Duration::from_secs(10),
+        processor::PROCESSOR_VERSION,
+        schema,
+        Arc::new(ConsumerStats::default()),
+    );
+    let mut owner = consumer::OffsetStore::new(pool.clone(), "g", "t")
+        .take_ownership_from(0, 0)
+        .await
+        .unwrap();
+    let chat = -1_006_100_000_000_i64;
+    let record = consumer::writer::PreparedRecord::prepare(consumer::record::ConsumedRecord {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        key: Some(wire::record_key(BOT, &Subject::Chat(chat.to_string())).into_bytes()),
+        payload: Some(message(
+            81_000,
+            chat,
+            700_001,
+            81_000,
+            1_760_000_000,
+            "hello",
+        )),
+        headers: vec![(header::BOT_ID.into(), Some(BOT.to_string().into_bytes()))],
+        timestamp_ms: Some(1_760_000_000_000),
+    });
+    writer.write(&mut owner, &[record]).await.unwrap();
+
+    // The "worker": its first table.
+    let mut worker = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '20s'")
+        .execute(&mut *worker)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM raw_updates WHERE bot_id = $1 AND update_id = 81000 FOR UPDATE")
+        .bind(BOT)
+        .fetch_one(&mut *worker)
+        .await
+        .unwrap();
+    let reprocess = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            replay::reprocess_from_db(
+                &pool,
+                processor::PROCESSOR_VERSION + 1,
+                100,
+                &Progress::plain(),
+            )
+            .await
+        }
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "the reprocess waits for the worker's row lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            waiting >= 1
+        },
+    )
+    .await;
+    // The "worker": its next table, then COMMIT.
+    let next =
+        sqlx::query("UPDATE chats SET updated_at = now() WHERE bot_id = $1 AND chat_id = $2")
+            .bind(BOT)
+            .bind(chat)
+            .execute(&mut *worker)
+            .await;
+    assert!(
+        next.is_ok(),
+        "the worker's second table is held by the reprocess: {next:?}"
+    );
+    worker.commit().await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), reprocess)
+        .await
+        .expect("the reprocess finishes once the worker committed")
+        .unwrap();
+    let summary = summary.expect("the reprocess is not a deadlock victim");
+    assert_eq!(summary.raw_versions_raised, 1);
+}
+
 /// Runs the binary with a clean environment plus `env`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_the_replay_command_prints_a_dry_run_rewinds_without_touching_the_epoch_and_refuses_skips()

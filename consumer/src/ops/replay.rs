@@ -13,7 +13,9 @@
 //!   nor a dead letter;
 //! - reprocessing from the database writes projections through the consumer's own upsert
 //!   ([`crate::projection::ProjectionSchema::upsert`]), so equal input rewrites nothing and a
-//!   newer processor version rewrites only rows derived from the same updates.
+//!   newer processor version rewrites only rows derived from the same updates; it takes the
+//!   worker's table order (raw_updates rows in key order, then the projections), so it never
+//!   deadlocks with a live consumer.
 
 use std::collections::BTreeMap;
 
@@ -298,10 +300,24 @@ pub async fn reprocess_from_db(
             .begin()
             .await
             .context("starting a reprocessing transaction")?;
-        let written = schema
-            .upsert(&mut tx, &refs, processor_version)
-            .await
-            .context("writing projections")?;
+        // The worker's table order (DESIGN.md §5.8): raw_updates rows first, locked in key order
+        // as the worker's insert locks them, then the projections through the shared upsert.
+        // The reverse order deadlocks with a consumer writing the same keys.
+        sqlx::query(
+            "SELECT 1 FROM raw_updates AS r \
+             JOIN UNNEST($1::bigint[], $2::bigint[], $3::bytea[]) AS u(bot_id, update_id, sha) \
+               ON r.bot_id = u.bot_id AND r.update_id = u.update_id AND r.payload_sha256 = u.sha \
+             WHERE r.processor_version < $4 \
+             ORDER BY r.bot_id, r.update_id, r.payload_sha256 \
+             FOR UPDATE OF r",
+        )
+        .bind(&bots)
+        .bind(&updates)
+        .bind(&hashes)
+        .bind(processor_version)
+        .execute(&mut *tx)
+        .await
+        .context("locking the raw updates to raise")?;
         let raised = sqlx::query(
             "UPDATE raw_updates AS r SET processor_version = $4 \
              FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[]) AS u(bot_id, update_id, sha) \
@@ -315,6 +331,10 @@ pub async fn reprocess_from_db(
         .execute(&mut *tx)
         .await
         .context("raising the processor version of raw updates")?;
+        let written = schema
+            .upsert(&mut tx, &refs, processor_version)
+            .await
+            .context("writing projections")?;
         tx.commit()
             .await
             .context("committing a reprocessing batch")?;
