@@ -22,7 +22,7 @@ pub enum DlqAction {
     Show(ShowArgs),
     /// Re-process dead letters into rows and mark them resolved, exactly once.
     Redrive(RedriveArgs),
-    /// Delete dead letters (needs --yes).
+    /// Delete dead letters (needs --yes); an unresolved one leaves its record a tombstone.
     Purge(PurgeArgs),
 }
 
@@ -216,8 +216,11 @@ pub async fn run_command(
         }
         DlqAction::Purge(args) => {
             let selection = selection(&args.id, &args.class, args.resolved, "--resolved")?;
-            let deleted = dead_letters::purge(&pool, &selection).await?;
-            println!("deleted {deleted} dead letters");
+            let purged = dead_letters::purge(&pool, &selection).await?;
+            println!(
+                "deleted {} dead letters ({} unresolved: their records now have a purged tombstone)",
+                purged.deleted, purged.tombstoned
+            );
         }
     }
     Ok(())

@@ -17,6 +17,8 @@ const PROTOCOL_TABLES: &[&str] = &[
     "dead_letters",
     "consumer_offsets",
     "offset_gaps",
+    // Records an operator decided get neither rows nor a dead letter (purged, …).
+    "tombstones",
     // sqlx's ledger of applied migrations.
     "_sqlx_migrations",
 ];

@@ -45,6 +45,7 @@ const PROTOCOL_TABLES: &[&str] = &[
     "consumer_offsets",
     "dead_letters",
     "offset_gaps",
+    "tombstones",
 ];
 
 /// Runs the consumer until `shutdown` is cancelled: joins the group, works every assigned

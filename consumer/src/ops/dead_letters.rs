@@ -9,7 +9,9 @@
 //! - the bytes redriven are the record's own: the stored payload, the original bytes inside a
 //!   producer `tg-error` envelope, or (when no payload was stored) the record re-read from Kafka
 //!   by topic, partition and offset; a letter that still fails stays unresolved with its attempt
-//!   counted and the new error recorded.
+//!   counted and the new error recorded;
+//! - a purge never leaves a record without an effect: an unresolved letter it deletes becomes
+//!   the record's `purged` tombstone in the same statement, which a replay then keeps.
 
 use anyhow::{Context, bail};
 use processor::wire::{self, hex};
@@ -345,27 +347,56 @@ async fn recover_record(
     Ok(record)
 }
 
-/// Which letters `purge` deletes.
-pub async fn purge(pool: &PgPool, selection: &Selection) -> anyhow::Result<u64> {
-    let result = match selection {
-        Selection::Ids(ids) => {
-            sqlx::query("DELETE FROM dead_letters WHERE id = ANY($1)")
-                .bind(ids)
-                .execute(pool)
-                .await
-        }
-        Selection::Class(class) => {
-            sqlx::query("DELETE FROM dead_letters WHERE error_class = $1")
-                .bind(class)
-                .execute(pool)
-                .await
-        }
-        Selection::All => {
-            sqlx::query("DELETE FROM dead_letters WHERE resolved_at IS NOT NULL")
-                .execute(pool)
-                .await
-        }
-    }
+/// What a purge did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeOutcome {
+    /// Letters deleted.
+    pub deleted: u64,
+    /// Deleted letters that were unresolved: their records now have a `purged` tombstone.
+    pub tombstoned: u64,
+}
+
+/// Deletes the selected letters in one statement. An unresolved letter was its record's only
+/// effect, so its record gets a `purged` tombstone in the same statement (table order
+/// dead_letters, then tombstones, as every writer): who (the database role), when, why (the
+/// letter's class) and what the letter said. A resolved letter's record has rows: no tombstone.
+pub async fn purge(pool: &PgPool, selection: &Selection) -> anyhow::Result<PurgeOutcome> {
+    let (ids, class, resolved_only) = match selection {
+        Selection::Ids(ids) => (Some(ids.clone()), None, false),
+        Selection::Class(class) => (None, Some(class.clone()), false),
+        Selection::All => (None, None, true),
+    };
+    let (deleted, tombstoned): (i64, i64) = sqlx::query_as(
+        "WITH purged AS ( \
+             DELETE FROM dead_letters \
+             WHERE ($1::bigint[] IS NULL OR id = ANY($1)) \
+               AND ($2::text IS NULL OR error_class = $2) \
+               AND (NOT $3 OR resolved_at IS NOT NULL) \
+             RETURNING id, topic, partition, kafka_offset, bot_id, error_class, error_text, \
+                       attempts, first_seen, last_seen, resolved_at \
+         ), tombstoned AS ( \
+             INSERT INTO tombstones \
+                 (kind, topic, partition, kafka_offset, bot_id, reason, detail) \
+             SELECT 'purged', topic, partition, kafka_offset, bot_id, \
+                    'dlq purge of an unresolved dead letter (' || error_class || ')', \
+                    jsonb_build_object('dead_letter_id', id, 'error_class', error_class, \
+                        'error_text', error_text, 'attempts', attempts, \
+                        'first_seen', first_seen, 'last_seen', last_seen) \
+             FROM purged WHERE resolved_at IS NULL \
+             ORDER BY topic, partition, kafka_offset \
+             ON CONFLICT (topic, partition, kafka_offset) DO NOTHING \
+             RETURNING 1 \
+         ) \
+         SELECT (SELECT count(*) FROM purged), (SELECT count(*) FROM tombstoned)",
+    )
+    .bind(&ids)
+    .bind(&class)
+    .bind(resolved_only)
+    .fetch_one(pool)
+    .await
     .context("deleting dead letters")?;
-    Ok(result.rows_affected())
+    Ok(PurgeOutcome {
+        deleted: deleted.unsigned_abs(),
+        tombstoned: tombstoned.unsigned_abs(),
+    })
 }
