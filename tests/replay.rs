@@ -500,12 +500,12 @@ async fn broker_a_processor_version_bump_and_replay_rewrite_exactly_the_affected
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_the_same_version() {
-    let db = TestDb::create().await.unwrap();
-    let pool = db.pool().clone();
+/// The consumer's batch writer for group "g", topic "t", owning partition 0 from offset 0.
+async fn writer_owning_partition_0(
+    pool: &PgPool,
+) -> (consumer::writer::BatchWriter, consumer::Ownership) {
     let schema = Arc::new(
-        consumer::projection::ProjectionSchema::load(&pool)
+        consumer::projection::ProjectionSchema::load(pool)
             .await
             .unwrap(),
     );
@@ -518,8 +518,18 @@ async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_
         schema,
         Arc::new(ConsumerStats::default()),
     );
-    let store = consumer::OffsetStore::new(pool.clone(), "g", "t");
-    let mut owner = store.take_ownership_from(0, 0).await.unwrap();
+    let owner = consumer::OffsetStore::new(pool.clone(), "g", "t")
+        .take_ownership_from(0, 0)
+        .await
+        .unwrap();
+    (writer, owner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_the_same_version() {
+    let db = TestDb::create().await.unwrap();
+    let pool = db.pool().clone();
+    let (writer, mut owner) = writer_owning_partition_0(&pool).await;
     let chat = -1_006_000_000_000_i64;
     let records: Vec<consumer::writer::PreparedRecord> = (0..60_i64)
         .map(|i| {
@@ -642,24 +652,7 @@ async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_
 async fn reprocess_from_db_takes_the_workers_table_order_and_never_deadlocks_with_it() {
     let db = TestDb::create().await.unwrap();
     let pool = db.pool().clone();
-    let schema = Arc::new(
-        consumer::projection::ProjectionSchema::load(&pool)
-            .await
-            .unwrap(),
-    );
-    let writer = consumer::writer::BatchWriter::new(
-        pool.clone(),
-        "g",
-        "t",
-        Duration::from_secs(10),
-        processor::PROCESSOR_VERSION,
-        schema,
-        Arc::new(ConsumerStats::default()),
-    );
-    let mut owner = consumer::OffsetStore::new(pool.clone(), "g", "t")
-        .take_ownership_from(0, 0)
-        .await
-        .unwrap();
+    let (writer, mut owner) = writer_owning_partition_0(&pool).await;
     let chat = -1_006_100_000_000_i64;
     let record = consumer::writer::PreparedRecord::prepare(consumer::record::ConsumedRecord {
         topic: "t".into(),

@@ -303,26 +303,19 @@ pub async fn reprocess_from_db(
         // The worker's table order (DESIGN.md §5.8): raw_updates rows first, locked in key order
         // as the worker's insert locks them, then the projections through the shared upsert.
         // The reverse order deadlocks with a consumer writing the same keys.
-        sqlx::query(
-            "SELECT 1 FROM raw_updates AS r \
-             JOIN UNNEST($1::bigint[], $2::bigint[], $3::bytea[]) AS u(bot_id, update_id, sha) \
-               ON r.bot_id = u.bot_id AND r.update_id = u.update_id AND r.payload_sha256 = u.sha \
-             WHERE r.processor_version < $4 \
-             ORDER BY r.bot_id, r.update_id, r.payload_sha256 \
-             FOR UPDATE OF r",
-        )
-        .bind(&bots)
-        .bind(&updates)
-        .bind(&hashes)
-        .bind(processor_version)
-        .execute(&mut *tx)
-        .await
-        .context("locking the raw updates to raise")?;
         let raised = sqlx::query(
-            "UPDATE raw_updates AS r SET processor_version = $4 \
-             FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[]) AS u(bot_id, update_id, sha) \
-             WHERE r.bot_id = u.bot_id AND r.update_id = u.update_id \
-               AND r.payload_sha256 = u.sha AND r.processor_version < $4",
+            "WITH locked AS ( \
+                 SELECT r.bot_id, r.update_id, r.payload_sha256 FROM raw_updates AS r \
+                 JOIN UNNEST($1::bigint[], $2::bigint[], $3::bytea[]) AS u(bot_id, update_id, sha) \
+                   ON r.bot_id = u.bot_id AND r.update_id = u.update_id \
+                  AND r.payload_sha256 = u.sha \
+                 WHERE r.processor_version < $4 \
+                 ORDER BY r.bot_id, r.update_id, r.payload_sha256 \
+                 FOR UPDATE OF r \
+             ) \
+             UPDATE raw_updates AS r SET processor_version = $4 FROM locked AS l \
+             WHERE r.bot_id = l.bot_id AND r.update_id = l.update_id \
+               AND r.payload_sha256 = l.payload_sha256",
         )
         .bind(&bots)
         .bind(&updates)
