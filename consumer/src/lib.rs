@@ -17,6 +17,7 @@ pub mod config;
 mod failpoints;
 mod group;
 pub mod offsets;
+pub mod ops;
 pub mod projection;
 pub mod readiness;
 pub mod record;
@@ -45,6 +46,7 @@ const PROTOCOL_TABLES: &[&str] = &[
     "consumer_offsets",
     "dead_letters",
     "offset_gaps",
+    "tombstones",
 ];
 
 /// Runs the consumer until `shutdown` is cancelled: joins the group, works every assigned

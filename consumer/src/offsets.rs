@@ -9,7 +9,9 @@
 //! partition back (DESIGN.md §5.9) to one past the greater of the stored and the caller's epoch,
 //! and only from the exact row the caller observed, so two members never leapfrog each other.
 //! Every statement of the worker's path runs within the client-side deadline
-//! ([`transaction::deadline`]); past it the connection is abandoned, never awaited.
+//! ([`transaction::deadline`]); past it the connection is abandoned, never awaited. Every
+//! statement on `consumer_offsets` lives in this module: the worker's, the operator commands'
+//! (`replay`, `status`) and the demo's.
 
 use std::time::Duration;
 
@@ -74,6 +76,15 @@ impl Ownership {
             Some(_) => Standing::Current,
         }
     }
+}
+
+/// One stored row as operators see it: its partition and when it last changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffset {
+    pub partition: i32,
+    pub stored: StoredOffset,
+    /// `updated_at`, unix milliseconds.
+    pub updated_at_ms: i64,
 }
 
 /// `consumer_offsets` for one group and topic.
@@ -295,29 +306,86 @@ impl OffsetStore {
         }
     }
 
-    /// Replays: moves `next_offset` to `offset` and bumps `rewind_seq` (creating the row if
-    /// needed), leaving the owner in place. The owner notices within its idle re-read interval.
-    pub async fn rewind(&self, partition: i32, offset: i64) -> Result<StoredOffset, sqlx::Error> {
-        let (next_offset, owner_epoch, rewind_seq): (i64, i64, i64) = sqlx::query_as(
-            "INSERT INTO consumer_offsets \
-                 (group_id, topic, partition, next_offset, owner_epoch, rewind_seq, updated_at) \
-             VALUES ($1, $2, $3, $4, 0, 1, now()) \
-             ON CONFLICT (group_id, topic, partition) DO UPDATE \
-                 SET next_offset = EXCLUDED.next_offset, \
-                     rewind_seq = consumer_offsets.rewind_seq + 1, updated_at = now() \
-             RETURNING next_offset, owner_epoch, rewind_seq",
+    /// Every stored row of the group and topic, by partition: what `replay`, `status` and the
+    /// demo's drain read.
+    pub async fn list(&self) -> Result<Vec<PartitionOffset>, sqlx::Error> {
+        let rows: Vec<(i32, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset, owner_epoch, rewind_seq, \
+                    (extract(epoch FROM updated_at) * 1000)::bigint \
+             FROM consumer_offsets WHERE group_id = $1 AND topic = $2 ORDER BY partition",
         )
         .bind(&self.group_id)
         .bind(&self.topic)
-        .bind(partition)
-        .bind(offset)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(StoredOffset {
-            next_offset,
-            owner_epoch,
-            rewind_seq,
-        })
+        Ok(rows
+            .into_iter()
+            .map(
+                |(partition, next_offset, owner_epoch, rewind_seq, updated_at_ms)| {
+                    PartitionOffset {
+                        partition,
+                        stored: StoredOffset {
+                            next_offset,
+                            owner_epoch,
+                            rewind_seq,
+                        },
+                        updated_at_ms,
+                    }
+                },
+            )
+            .collect())
+    }
+
+    /// Replays: moves `next_offset` to `offset` and bumps `rewind_seq` (creating the row if
+    /// needed), leaving the owner in place. The owner notices within its idle re-read interval.
+    pub async fn rewind(&self, partition: i32, offset: i64) -> Result<StoredOffset, sqlx::Error> {
+        self.rewind_partitions(&[(partition, offset)])
+            .await?
+            .pop()
+            .map(|(_, stored)| stored)
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// [`OffsetStore::rewind`] of several partitions in one statement (all or none), rows locked
+    /// in partition order. Returns the rows after the rewind, by partition.
+    pub async fn rewind_partitions(
+        &self,
+        targets: &[(i32, i64)],
+    ) -> Result<Vec<(i32, StoredOffset)>, sqlx::Error> {
+        let partitions: Vec<i32> = targets.iter().map(|t| t.0).collect();
+        let offsets: Vec<i64> = targets.iter().map(|t| t.1).collect();
+        let rows: Vec<(i32, i64, i64, i64)> = sqlx::query_as(
+            "INSERT INTO consumer_offsets AS o \
+                 (group_id, topic, partition, next_offset, owner_epoch, rewind_seq, updated_at) \
+             SELECT $1, $2, u.partition, u.target, 0, 1, now() \
+             FROM UNNEST($3::integer[], $4::bigint[]) AS u(partition, target) \
+             ORDER BY u.partition \
+             ON CONFLICT (group_id, topic, partition) DO UPDATE \
+                 SET next_offset = EXCLUDED.next_offset, rewind_seq = o.rewind_seq + 1, \
+                     updated_at = now() \
+             RETURNING partition, next_offset, owner_epoch, rewind_seq",
+        )
+        .bind(&self.group_id)
+        .bind(&self.topic)
+        .bind(&partitions)
+        .bind(&offsets)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rewound: Vec<(i32, StoredOffset)> = rows
+            .into_iter()
+            .map(|(partition, next_offset, owner_epoch, rewind_seq)| {
+                (
+                    partition,
+                    StoredOffset {
+                        next_offset,
+                        owner_epoch,
+                        rewind_seq,
+                    },
+                )
+            })
+            .collect();
+        rewound.sort_by_key(|r| r.0);
+        Ok(rewound)
     }
 }
 

@@ -5,11 +5,14 @@
 //! the dead-letter redrive both call it inside a transaction they hold, so both follow the same
 //! conflict rules. Guarantees: an equal payload delivered again is absorbed and a newer processor
 //! version is recorded; rows are written in the fixed table order bot_update_epochs,
-//! raw_updates, the projections, dead_letters (the caller moves the offset last); every update
-//! is written with its update-id epoch (`crate::update_epochs`: a copy reuses its first copy's); a record that gets rows closes its open
-//! dead letter; a dead letter written again counts an attempt and reopens.
+//! raw_updates, the projections, dead_letters (tombstones are only read, before any write; the
+//! caller moves the offset last); every update is written with its update-id epoch
+//! (`crate::update_epochs`: a copy reuses its first copy's); a record that gets rows closes its
+//! open dead letter; a dead letter written again counts an attempt while it is open and never
+//! reopens once resolved (its record has rows); a record with a tombstone (an operator purged its
+//! letter) gets neither rows nor a dead letter, so a replay never undoes an operator's decision.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use processor::Normalized;
 use sqlx::PgConnection;
@@ -76,11 +79,14 @@ impl<'a> RecordWriter<'a> {
         records: &[PreparedRecord],
         plan: Plan<'_>,
     ) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+        let tombstoned = self.tombstoned(conn, records).await?;
+        let records = records
+            .iter()
+            .filter(|r| !tombstoned.contains(&r.record.offset));
         let (updates, rejected): (Vec<&PreparedRecord>, Vec<Letter<'_>>) = match plan {
-            Plan::DeadLetter { class, text } => (
-                Vec::new(),
-                records.iter().map(|r| (r, class, text)).collect(),
-            ),
+            Plan::DeadLetter { class, text } => {
+                (Vec::new(), records.map(|r| (r, class, text)).collect())
+            }
             Plan::Normal | Plan::WithoutJsonb => {
                 let mut updates = Vec::new();
                 let mut rejected = Vec::new();
@@ -110,6 +116,29 @@ impl<'a> RecordWriter<'a> {
             written.push(("dead_letters", rows));
         }
         Ok(written)
+    }
+
+    /// The offsets among `records` that have a tombstone: their effect is decided.
+    async fn tombstoned(
+        &self,
+        conn: &mut PgConnection,
+        records: &[PreparedRecord],
+    ) -> Result<HashSet<i64>, sqlx::Error> {
+        let offsets = records.iter().map(|r| r.record.offset);
+        let (Some(first), Some(last)) = (offsets.clone().min(), offsets.max()) else {
+            return Ok(HashSet::new());
+        };
+        let found: Vec<i64> = sqlx::query_scalar(
+            "SELECT kafka_offset FROM tombstones \
+             WHERE topic = $1 AND partition = $2 AND kafka_offset BETWEEN $3 AND $4",
+        )
+        .bind(self.topic)
+        .bind(self.partition)
+        .bind(first)
+        .bind(last)
+        .fetch_all(conn)
+        .await?;
+        Ok(found.into_iter().collect())
     }
 
     /// The `raw_updates` rows and projections of `updates` (records without an update are
@@ -253,8 +282,9 @@ impl<'a> RecordWriter<'a> {
         Ok(())
     }
 
-    /// The `dead_letters` rows of `letters`; a letter already stored counts another attempt,
-    /// takes the new error and reopens. Returns rows written.
+    /// The `dead_letters` rows of `letters`; an open letter already stored counts another
+    /// attempt and takes the new error; a resolved one is left as it is (its record has rows, and
+    /// a replay must not give it an open letter too). Returns rows written.
     pub async fn write_dead_letters(
         &self,
         conn: &mut PgConnection,
@@ -288,8 +318,8 @@ impl<'a> RecordWriter<'a> {
                   AS u(kafka_offset, bot_id, record_key, payload, headers, error_class, error_text) \
              ON CONFLICT (topic, partition, kafka_offset) DO UPDATE \
                  SET last_seen = now(), attempts = d.attempts + 1, \
-                     error_class = EXCLUDED.error_class, error_text = EXCLUDED.error_text, \
-                     resolved_at = NULL",
+                     error_class = EXCLUDED.error_class, error_text = EXCLUDED.error_text \
+                 WHERE d.resolved_at IS NULL",
         )
         .bind(self.topic)
         .bind(self.partition)
