@@ -16,11 +16,14 @@ use crate::config::DatabaseConfig;
 /// The schema this build writes to.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// Opens a pool. Connection errors name the host and database, never the password.
+/// Opens a pool. Connection errors name the host and database, never the password. Connections
+/// are replaced after [`consumer::config::POOL_MAX_LIFETIME`], so none outlives a failover by
+/// long.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
+        .max_lifetime(Some(consumer::config::POOL_MAX_LIFETIME))
         .connect_with(config.options.clone())
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", describe(config)))

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use botsim::traffic::{Malformed, TrafficConfig, TrafficGenerator};
 use botsim::{AllowedUpdates, BotApi, BotApiConfig, KNOWN_KINDS};
+use consumer::OffsetStore;
 use consumer::projection::ProjectionTable;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use secrecy::SecretString;
@@ -387,15 +388,12 @@ impl<'a> Progress<'a> {
 
     /// (lag, records in the log) over every partition.
     async fn positions(&self, watermarks: &BaseConsumer) -> anyhow::Result<(i64, i64)> {
-        let stored: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
-            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2",
-        )
-        .bind(self.group)
-        .bind(self.topic)
-        .fetch_all(self.pool)
-        .await?
-        .into_iter()
-        .collect();
+        let stored: HashMap<i32, i64> = OffsetStore::new(self.pool.clone(), self.group, self.topic)
+            .list()
+            .await?
+            .into_iter()
+            .map(|row| (row.partition, row.stored.next_offset))
+            .collect();
         let metadata = tokio::task::block_in_place(|| {
             watermarks.fetch_metadata(Some(self.topic), Duration::from_secs(5))
         })?;

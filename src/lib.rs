@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod dlq;
+pub mod progress;
 pub mod replay;
 pub mod service;
 pub mod shutdown;

@@ -8,15 +8,15 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use consumer::ops::dead_letters::{self as dlq, ListFilter, Selection};
 use consumer::record::ConsumedRecord;
 use consumer::writer::{BatchWriter, PreparedRecord};
 use consumer::{ConsumerStats, OffsetStore};
 use processor::wire::{self, EnvelopeReason, Subject, header};
 use sqlx::PgPool;
 use testkit::TestDb;
-use testkit::invariants::{InvariantChecker, ProducedRecord};
-use tgingest::dlq::{self, ListFilter, Selection};
-use tgingest::replay::Progress;
+use testkit::invariants::{InvariantChecker, ProducedRecord, Violation};
+use tgingest::progress::Progress;
 
 const BOT: i64 = 7_200_000_001;
 const CHAT: i64 = -1_008_000_000_000;
@@ -361,5 +361,127 @@ async fn purge_refuses_without_yes_and_deletes_only_the_selection() {
         stdout(&recent).contains("2 dead letters"),
         "{}",
         stdout(&recent)
+    );
+}
+
+/// A replay as the consumer does it: the stored offset rewound to 0, then the same records read
+/// again through the batch writer.
+async fn replay(pool: &PgPool, records: &[ConsumedRecord]) {
+    OffsetStore::new(pool.clone(), GROUP, TOPIC)
+        .rewind(0, 0)
+        .await
+        .unwrap();
+    consume(pool, records).await;
+}
+
+async fn tombstones(pool: &PgPool) -> Vec<(String, i64, Option<i64>, String)> {
+    sqlx::query_as("SELECT kind, kafka_offset, bot_id, reason FROM tombstones ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replay_after_a_redrive_never_reopens_the_resolved_letter() {
+    let db = TestDb::create().await.unwrap();
+    let pool = db.pool().clone();
+    let original = message(20, "redriven from the envelope");
+    let records = vec![
+        record(0, message(19, "before"), &[]),
+        record(
+            1,
+            wire::envelope_value(EnvelopeReason::TooLarge, "x", &original, true),
+            &[
+                (header::ERROR, "too_large: x"),
+                (header::ORIGINAL_SIZE, "99"),
+            ],
+        ),
+    ];
+    consume(&pool, &records).await;
+    let outcome = dlq::redrive(
+        &pool,
+        &Selection::All,
+        processor::PROCESSOR_VERSION,
+        None,
+        &Progress::plain(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.redriven.len(), 1, "{outcome:?}");
+    let resolved = letter_state(&pool, 1).await;
+    assert!(resolved.0.is_some());
+    // The checker matches rows by bytes: a redriven envelope's rows hold the original bytes.
+    let mut checked = manifest(&records);
+    checked[1].value = Some(original.clone());
+    let checker = InvariantChecker::new(pool.clone(), GROUP);
+    checker.check(&checked).await.unwrap().assert_ok();
+
+    // The replay reads the envelope again, which is still an envelope.
+    replay(&pool, &records).await;
+    let open = dlq::list(&pool, &ListFilter::default()).await.unwrap();
+    assert!(
+        open.is_empty(),
+        "the replay re-opened a resolved letter: {open:?}"
+    );
+    assert_eq!(
+        letter_state(&pool, 1).await,
+        resolved,
+        "the resolved letter is left as it was"
+    );
+    checker.check(&checked).await.unwrap().assert_ok();
+}
+
+#[tokio::test]
+async fn a_purge_leaves_a_tombstone_that_a_replay_keeps_and_the_checker_counts() {
+    let db = TestDb::create().await.unwrap();
+    let pool = db.pool().clone();
+    let records = vec![
+        record(0, message(30, "kept"), &[]),
+        record(1, b"not json".to_vec(), &[]),
+        record(2, message(31, "kept too"), &[]),
+    ];
+    consume(&pool, &records).await;
+    let letters = dlq::list(&pool, &ListFilter::default()).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    let purged = dlq::purge(&pool, &Selection::Ids(vec![letters[0].id]))
+        .await
+        .unwrap();
+    let checker = InvariantChecker::new(pool.clone(), GROUP);
+    let report = checker.check(&manifest(&records)).await.unwrap();
+    report.assert_ok();
+    assert_eq!((purged.deleted, purged.tombstoned), (1, 1));
+    assert_eq!((report.with_rows, report.tombstoned), (2, 1));
+    let stones = tombstones(&pool).await;
+    assert_eq!(stones.len(), 1, "{stones:?}");
+    assert_eq!((stones[0].0.as_str(), stones[0].1), ("purged", 1));
+    assert_eq!(stones[0].2, Some(BOT), "the record's bot is named");
+    assert!(stones[0].3.contains("not_json"), "why: {}", stones[0].3);
+
+    // The replay reads the record again: the tombstone stands, no letter comes back.
+    replay(&pool, &records).await;
+    let letters: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(letters, 0, "a purged record came back as a dead letter");
+    assert_eq!(tombstones(&pool).await, stones);
+    checker
+        .check(&manifest(&records))
+        .await
+        .unwrap()
+        .assert_ok();
+
+    // A record with neither rows, nor a letter, nor a tombstone is still a violation.
+    sqlx::query("DELETE FROM tombstones")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = checker.check(&manifest(&records)).await.unwrap();
+    assert!(
+        matches!(
+            report.violations.as_slice(),
+            [Violation::Missing { offset: 1, .. }]
+        ),
+        "{report:?}"
     );
 }

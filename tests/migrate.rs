@@ -17,6 +17,10 @@ const PROTOCOL_TABLES: &[&str] = &[
     "dead_letters",
     "consumer_offsets",
     "offset_gaps",
+    // Each bot's update-id epochs, which order projections (migrations/0003_update_order.sql).
+    "bot_update_epochs",
+    // Records an operator decided get neither rows nor a dead letter (purged, …).
+    "tombstones",
     // sqlx's ledger of applied migrations.
     "_sqlx_migrations",
 ];

@@ -1,16 +1,19 @@
-//! PostgreSQL connections over TCP set `TCP_NODELAY`. sqlx 0.9.0 does not; the workspace patches
-//! it (vendor/README.md). Without the option a round trip of the extended query protocol can wait
-//! up to 40 ms for a delayed ACK, which cut the consumer's throughput over TCP by more than half.
-//! This test fails if an sqlx upgrade drops the patch without the upstream fix.
+//! PostgreSQL connections over TCP set `TCP_NODELAY`, TCP keepalives and `TCP_USER_TIMEOUT`.
+//! sqlx 0.9.0 sets none of them; the workspace patches it (vendor/README.md). Without
+//! `TCP_NODELAY` a round trip of the extended query protocol can wait up to 40 ms for a delayed
+//! ACK, which cut the consumer's throughput over TCP by more than half; without keepalives and
+//! the user timeout a silently dropped connection is waited on for hours. This test fails if an
+//! sqlx upgrade drops the patch without the upstream fix.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
 use sqlx::Connection;
 
 #[tokio::test]
-async fn tcp_connections_to_postgres_disable_nagle() {
+async fn tcp_connections_to_postgres_disable_nagle_and_detect_a_dead_peer() {
     let url = testkit::pg::server_url();
     let port = url::Url::parse(&url).unwrap().port().unwrap_or(5432);
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -42,6 +45,20 @@ async fn tcp_connections_to_postgres_disable_nagle() {
         assert!(
             rustix::net::sockopt::tcp_nodelay(&socket).unwrap(),
             "a PostgreSQL connection has Nagle's algorithm on (TCP_NODELAY unset)"
+        );
+        assert!(
+            rustix::net::sockopt::socket_keepalive(&socket).unwrap(),
+            "a PostgreSQL connection has no TCP keepalive"
+        );
+        assert_eq!(
+            rustix::net::sockopt::tcp_keepidle(&socket).unwrap(),
+            Duration::from_secs(10),
+            "keepalive probes start after 10 s idle"
+        );
+        assert_eq!(
+            rustix::net::sockopt::tcp_user_timeout(&socket).unwrap(),
+            30_000,
+            "unacknowledged data ends a PostgreSQL connection after 30 s (TCP_USER_TIMEOUT, ms)"
         );
         checked += 1;
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consumer::ConsumerStats;
+use consumer::ops::replay::{self, ReplayTarget};
 use processor::wire::{self, Subject, header};
 use sqlx::PgPool;
 use testkit::TestDb;
@@ -16,7 +17,7 @@ use testkit::invariants::InvariantChecker;
 use testkit::sink::{log_ends, stored_offsets, wait_for_log_end, wait_for_offsets};
 use testkit::updates::{BOT, Outgoing, edited, message, produce, produce_with, producer};
 use testkit::wait_until;
-use tgingest::replay::{self, Progress, ReplayTarget};
+use tgingest::progress::Progress;
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -499,12 +500,12 @@ async fn broker_a_processor_version_bump_and_replay_rewrite_exactly_the_affected
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_the_same_version() {
-    let db = TestDb::create().await.unwrap();
-    let pool = db.pool().clone();
+/// The consumer's batch writer for group "g", topic "t", owning partition 0 from offset 0.
+async fn writer_owning_partition_0(
+    pool: &PgPool,
+) -> (consumer::writer::BatchWriter, consumer::Ownership) {
     let schema = Arc::new(
-        consumer::projection::ProjectionSchema::load(&pool)
+        consumer::projection::ProjectionSchema::load(pool)
             .await
             .unwrap(),
     );
@@ -517,8 +518,18 @@ async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_
         schema,
         Arc::new(ConsumerStats::default()),
     );
-    let store = consumer::OffsetStore::new(pool.clone(), "g", "t");
-    let mut owner = store.take_ownership_from(0, 0).await.unwrap();
+    let owner = consumer::OffsetStore::new(pool.clone(), "g", "t")
+        .take_ownership_from(0, 0)
+        .await
+        .unwrap();
+    (writer, owner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_the_same_version() {
+    let db = TestDb::create().await.unwrap();
+    let pool = db.pool().clone();
+    let (writer, mut owner) = writer_owning_partition_0(&pool).await;
     let chat = -1_006_000_000_000_i64;
     let records: Vec<consumer::writer::PreparedRecord> = (0..60_i64)
         .map(|i| {
@@ -630,6 +641,93 @@ async fn reprocess_from_db_restores_deleted_projections_and_rewrites_nothing_at_
         again.rows_written.values().all(|n| *n == 0),
         "a second run at the same version writes nothing: {again:?}"
     );
+}
+
+/// DESIGN.md §5.8: reprocessing locks tables in the worker's order (raw_updates, then the
+/// projections), so it never deadlocks with a live consumer writing the same keys. The test holds
+/// what a worker holds after its first statement (the raw row), lets the reprocess run into it,
+/// then takes what the worker takes next (the chat row): in the reverse order the reprocess would
+/// already hold the chat row and one side would die with 40P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprocess_from_db_takes_the_workers_table_order_and_never_deadlocks_with_it() {
+    let db = TestDb::create().await.unwrap();
+    let pool = db.pool().clone();
+    let (writer, mut owner) = writer_owning_partition_0(&pool).await;
+    let chat = -1_006_100_000_000_i64;
+    let record = consumer::writer::PreparedRecord::prepare(consumer::record::ConsumedRecord {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        key: Some(wire::record_key(BOT, &Subject::Chat(chat.to_string())).into_bytes()),
+        payload: Some(message(
+            81_000,
+            chat,
+            700_001,
+            81_000,
+            1_760_000_000,
+            "hello",
+        )),
+        headers: vec![(header::BOT_ID.into(), Some(BOT.to_string().into_bytes()))],
+        timestamp_ms: Some(1_760_000_000_000),
+    });
+    writer.write(&mut owner, &[record]).await.unwrap();
+
+    // The "worker": its first table.
+    let mut worker = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '20s'")
+        .execute(&mut *worker)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM raw_updates WHERE bot_id = $1 AND update_id = 81000 FOR UPDATE")
+        .bind(BOT)
+        .fetch_one(&mut *worker)
+        .await
+        .unwrap();
+    let reprocess = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            replay::reprocess_from_db(
+                &pool,
+                processor::PROCESSOR_VERSION + 1,
+                100,
+                &Progress::plain(),
+            )
+            .await
+        }
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "the reprocess waits for the worker's row lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            waiting >= 1
+        },
+    )
+    .await;
+    // The "worker": its next table, then COMMIT.
+    let next =
+        sqlx::query("UPDATE chats SET updated_at = now() WHERE bot_id = $1 AND chat_id = $2")
+            .bind(BOT)
+            .bind(chat)
+            .execute(&mut *worker)
+            .await;
+    assert!(
+        next.is_ok(),
+        "the worker's second table is held by the reprocess: {next:?}"
+    );
+    worker.commit().await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), reprocess)
+        .await
+        .expect("the reprocess finishes once the worker committed")
+        .unwrap();
+    let summary = summary.expect("the reprocess is not a deadlock victim");
+    assert_eq!(summary.raw_versions_raised, 1);
 }
 
 /// Runs the binary with a clean environment plus `env`.

@@ -64,6 +64,27 @@ pub fn is_connection_loss(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a connection that returned this error must be closed rather than returned to the
+/// pool: it is gone ([`is_connection_loss`]), or it reaches a node that cannot write — 25006
+/// (read-only transaction: a demoted primary after a failover) or 57P03 (cannot connect now) —
+/// where every retry on it would fail the same way for as long as the connection lives.
+pub fn must_close_connection(error: &sqlx::Error) -> bool {
+    is_connection_loss(error)
+        || matches!(error, sqlx::Error::Database(db)
+            if db.code().is_some_and(|c| c == "25006" || c == "57P03"))
+}
+
+/// Whether the error is a timeout, not a property of the data: a statement timeout (57014), a
+/// client-side transaction deadline, or a TCP user timeout. A batch that times out is halved;
+/// a record that times out alone is retried, never dead-lettered.
+pub fn is_timeout(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c == "57014"),
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::TimedOut,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +115,13 @@ mod tests {
         assert!(is_connection_loss(&io));
         assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorClass::Transient);
         assert!(!is_connection_loss(&sqlx::Error::PoolTimedOut));
+    }
+
+    #[test]
+    fn a_client_side_deadline_is_a_timeout_and_closes_its_connection() {
+        let expired = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(is_timeout(&expired));
+        assert!(must_close_connection(&expired));
+        assert!(!is_timeout(&sqlx::Error::PoolTimedOut));
     }
 }

@@ -31,6 +31,11 @@ pub const DEFAULT_FETCH_WAIT_MS: u32 = 100;
 /// librdkafka `fetch.queue.backoff.ms` unless the caller sets it.
 pub const DEFAULT_FETCH_QUEUE_BACKOFF_MS: u32 = 10;
 
+/// The longest a pooled PostgreSQL connection lives (sqlx `max_lifetime`; sqlx's default is 30
+/// min). After a failover, a connection still reaching the old node — one that does not fail
+/// loudly enough to be closed (25006, 57P0x close it at once) — is replaced within this.
+pub const POOL_MAX_LIFETIME: Duration = Duration::from_secs(300);
+
 /// Where a partition with no stored offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPolicy {
@@ -72,10 +77,22 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before retry number `attempt` (0-based): `initial × 2^attempt`, capped.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    /// The longest wait before retry number `attempt` (0-based): `initial × 2^attempt`, capped
+    /// at `max`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// The wait before retry number `attempt`: uniformly random between half the
+    /// [`RetryPolicy::ceiling`] and the ceiling, so partitions that failed together (40001,
+    /// 40P01, an outage) do not retry in lockstep.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        use rand::Rng as _;
+        let ceiling = self.ceiling(attempt);
+        let half = ceiling / 2;
+        let spread = u64::try_from((ceiling - half).as_nanos()).unwrap_or(u64::MAX);
+        half + Duration::from_nanos(rand::rng().random_range(0..=spread))
     }
 }
 
@@ -188,6 +205,14 @@ impl ConsumerConfig {
             revoke_timeout: Duration::from_secs(60),
             stats_interval: Duration::from_secs(5),
         }
+    }
+
+    /// The client-side deadline of one batch transaction, BEGIN to COMMIT: twice the statement
+    /// timeout. A transaction still running then is abandoned (its connection dropped, its
+    /// backend terminated, its outcome resolved), so a silently dropped connection cannot hang
+    /// a worker.
+    pub fn transaction_deadline(&self) -> Duration {
+        crate::transaction::deadline(self.statement_timeout)
     }
 
     /// Checks the settings the protocol depends on; the error names the offending setting.
@@ -431,10 +456,31 @@ mod tests {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
         };
-        assert_eq!(retry.delay(0), Duration::from_millis(100));
-        assert_eq!(retry.delay(1), Duration::from_millis(200));
-        assert_eq!(retry.delay(3), Duration::from_millis(800));
-        assert_eq!(retry.delay(4), Duration::from_secs(1));
-        assert_eq!(retry.delay(60), Duration::from_secs(1));
+        assert_eq!(retry.ceiling(0), Duration::from_millis(100));
+        assert_eq!(retry.ceiling(1), Duration::from_millis(200));
+        assert_eq!(retry.ceiling(3), Duration::from_millis(800));
+        assert_eq!(retry.ceiling(4), Duration::from_secs(1));
+        assert_eq!(retry.ceiling(60), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn backoff_is_jittered_between_half_the_ceiling_and_the_ceiling() {
+        let retry = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let delays: Vec<Duration> = (0..64).map(|_| retry.delay(3)).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_millis(400) && *d <= Duration::from_millis(800)),
+            "{delays:?}"
+        );
+        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+        assert!(
+            distinct.len() > 32,
+            "partitions retrying together draw different waits: {delays:?}"
+        );
+        assert!(retry.delay(60) <= Duration::from_secs(1));
     }
 }

@@ -7,8 +7,9 @@
 //!   for a partition with no row) — never at the Kafka mirror; its queue is split off before the
 //!   assign (the split survives assigns: librdkafka marks it application-forwarded), so its
 //!   records reach only its worker;
-//! - on Revoke (and on close), the partitions' workers are cancelled and awaited (bounded by
-//!   `revoke_timeout`; a late writer is fenced by the database anyway) before the unassign;
+//! - on Revoke (and on close), the partitions' workers are cancelled and awaited together (bounded
+//!   by `revoke_timeout` in all; a late writer is fenced by the database anyway) before the
+//!   unassign;
 //! - the main queue is polled on a dedicated thread, never inside a tokio task, so callbacks may
 //!   block on the runtime (`Handle::block_on`); stray messages on it are dropped and counted;
 //! - the consumer is dropped on that thread after every worker has finished, so librdkafka's
@@ -310,18 +311,19 @@ impl SinkContext {
             handle.cancel.cancel();
         }
         let timeout = shared.config.revoke_timeout;
-        shared.handle.block_on(async {
-            for (partition, handle) in handles {
-                match tokio::time::timeout(timeout, handle.join).await {
-                    Ok(Ok(exit)) => tracing::debug!(partition, ?exit, "worker stopped"),
-                    Ok(Err(e)) => tracing::error!(partition, "worker task failed: {e}"),
-                    Err(_) => tracing::warn!(
-                        partition,
-                        "worker still writing after {timeout:?}; releasing the partition (the database fences it)"
-                    ),
-                }
+        // All at once: one stuck worker must not hold up the others, the rebalance or shutdown
+        // for more than `revoke_timeout` in all.
+        let stopped = handles.into_iter().map(|(partition, handle)| async move {
+            match tokio::time::timeout(timeout, handle.join).await {
+                Ok(Ok(exit)) => tracing::debug!(partition, ?exit, "worker stopped"),
+                Ok(Err(e)) => tracing::error!(partition, "worker task failed: {e}"),
+                Err(_) => tracing::warn!(
+                    partition,
+                    "worker still writing after {timeout:?}; releasing the partition (the database fences it)"
+                ),
             }
         });
+        shared.handle.block_on(futures::future::join_all(stopped));
         if let Ok(mut positions) = shared.positions.lock() {
             for p in partitions {
                 positions.remove(p);
@@ -435,6 +437,7 @@ impl Shared {
                 linger: config.linger,
                 idle_reread_interval: config.idle_reread_interval,
                 retry: config.retry,
+                session_timeout: config.session_timeout,
             },
             stats: stats.clone(),
             readiness: readiness.clone(),

@@ -17,11 +17,13 @@ pub mod config;
 mod failpoints;
 mod group;
 pub mod offsets;
+pub mod ops;
 pub mod projection;
 pub mod readiness;
 pub mod record;
 pub mod stats;
 mod transaction;
+pub mod update_epochs;
 mod worker;
 pub mod writer;
 
@@ -44,6 +46,7 @@ const PROTOCOL_TABLES: &[&str] = &[
     "consumer_offsets",
     "dead_letters",
     "offset_gaps",
+    "tombstones",
 ];
 
 /// Runs the consumer until `shutdown` is cancelled: joins the group, works every assigned

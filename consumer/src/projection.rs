@@ -11,12 +11,17 @@
 //! INSERT INTO t AS t (c…, processor_version)
 //! SELECT CAST(u.c AS type)…, $n FROM UNNEST($1::bigint[], …) AS u(c…)
 //! ON CONFLICT (key…) DO UPDATE SET c = EXCLUDED.c…
-//! WHERE (EXCLUDED.src_date, EXCLUDED.src_update_id, EXCLUDED.processor_version)
-//!     > (t.src_date, t.src_update_id, t.processor_version)
+//! WHERE (EXCLUDED.src_epoch, EXCLUDED.src_update_id, EXCLUDED.processor_version)
+//!     > (t.src_epoch, t.src_update_id, t.processor_version)
 //! ```
 //!
+//! The ordering key is the update's id within its bot's update-id epoch
+//! (`migrations/0003_update_order.sql`, [`crate::update_epochs`]), never a date or a receive
+//! time: `src_date` is stored (the update's own date, 0 when it has none) but orders nothing, so
+//! dated and dateless rows of one table (users, chats) compare by update id.
+//!
 //! Guarantees: rows are deduplicated by key inside the batch (keeping the greatest
-//! (src_date, src_update_id)) so no statement touches a row twice (SQLSTATE 21000), and sorted
+//! (src_epoch, src_update_id)) so no statement touches a row twice (SQLSTATE 21000), and sorted
 //! by key so concurrent batches lock shared rows (users, chats) in the same order; tables are
 //! written in the fixed order of [`ProjectionTable::ALL`]. Equal input rewrites nothing; older
 //! input never regresses a row.
@@ -92,11 +97,11 @@ pub trait ProjectionRow {
     /// The table.
     const TABLE: &'static str;
     /// The columns written, in the order of [`ProjectionRow::push_values`]; always ends with
-    /// `src_date, src_update_id`.
+    /// `src_date, src_epoch, src_update_id`.
     const COLUMNS: &'static [&'static str];
-    /// Appends this row's values; `src_date` falls back to `fallback_src_date` when the update
-    /// carries no date.
-    fn push_values(&self, fallback_src_date: i64, out: &mut Vec<Value>);
+    /// Appends this row's values, with the update-id epoch of its update; `src_date` is 0 when
+    /// the update carries no date.
+    fn push_values(&self, epoch: i64, out: &mut Vec<Value>);
 }
 
 // The one list of projection tables. Each entry names the table's [`ProjectionTable`] variant,
@@ -113,11 +118,12 @@ macro_rules! projection_tables {
             impl ProjectionRow for $ty {
                 const TABLE: &'static str = stringify!($table);
                 const COLUMNS: &'static [&'static str] =
-                    &[$(stringify!($field),)* "src_date", "src_update_id"];
-                fn push_values(&self, fallback_src_date: i64, out: &mut Vec<Value>) {
+                    &[$(stringify!($field),)* "src_date", "src_epoch", "src_update_id"];
+                fn push_values(&self, epoch: i64, out: &mut Vec<Value>) {
                     let $ty { $($field,)* src_date, src_update_id } = self;
                     $( out.push(Value::from($field)); )*
-                    out.push(Value::Int(src_date.unwrap_or(fallback_src_date)));
+                    out.push(Value::Int(src_date.unwrap_or(0)));
+                    out.push(Value::Int(epoch));
                     out.push(Value::Int(*src_update_id));
                 }
             }
@@ -142,25 +148,25 @@ macro_rules! projection_tables {
                 }
             }
 
-            /// The columns written, ending with `src_date, src_update_id`.
+            /// The columns written, ending with `src_date, src_epoch, src_update_id`.
             pub const fn columns(self) -> &'static [&'static str] {
                 match self {
                     $(ProjectionTable::$variant => <$ty as ProjectionRow>::COLUMNS,)*
                 }
             }
 
-            /// This table's rows of `updates` (each with its fallback `src_date`), as values in
+            /// This table's rows of `updates` (each with its update-id epoch), as values in
             /// column order.
             fn collect_rows(self, updates: &[(&Normalized, i64)]) -> Vec<Vec<Value>> {
-                fn push<R: ProjectionRow>(rows: &[R], fallback: i64, out: &mut Vec<Vec<Value>>) {
+                fn push<R: ProjectionRow>(rows: &[R], epoch: i64, out: &mut Vec<Vec<Value>>) {
                     for row in rows {
                         let mut values = Vec::with_capacity(R::COLUMNS.len());
-                        row.push_values(fallback, &mut values);
+                        row.push_values(epoch, &mut values);
                         out.push(values);
                     }
                 }
                 let mut out = Vec::new();
-                for (n, fallback) in updates {
+                for (n, epoch) in updates {
                     let Normalized {
                         kind: _,
                         src_date: _,
@@ -169,7 +175,7 @@ macro_rules! projection_tables {
                         $($table: _,)*
                     } = n;
                     match self {
-                        $(ProjectionTable::$variant => push(&n.$table, *fallback, &mut out),)*
+                        $(ProjectionTable::$variant => push(&n.$table, *epoch, &mut out),)*
                     }
                 }
                 out
@@ -255,7 +261,7 @@ struct TableStatement {
     carriers: Vec<Carrier>,
     /// Positions (in the table's column list) of the primary key columns.
     key_positions: Vec<usize>,
-    src_date_pos: usize,
+    src_epoch_pos: usize,
     src_update_id_pos: usize,
     sql: Arc<str>,
 }
@@ -288,7 +294,12 @@ impl ProjectionSchema {
                 .iter()
                 .map(|(n, t)| (n.as_str(), t.as_str()))
                 .collect();
-            for required in ["src_date", "src_update_id", "processor_version"] {
+            for required in [
+                "src_date",
+                "src_epoch",
+                "src_update_id",
+                "processor_version",
+            ] {
                 if !types.contains_key(required) {
                     bail!("table {table} has no column {required}: the schema is too old");
                 }
@@ -313,7 +324,7 @@ impl ProjectionSchema {
         Ok(Self { statements })
     }
 
-    /// Upserts the projection rows of `updates` (each with its fallback `src_date`), one
+    /// Upserts the projection rows of `updates` (each with its update-id epoch), one
     /// statement per non-empty table, in the fixed table order. Returns rows written per table.
     pub async fn upsert(
         &self,
@@ -365,8 +376,8 @@ impl TableStatement {
             key_positions.push(pos);
         }
         let position = |name: &str| columns.iter().position(|c| *c == name);
-        let (Some(src_date_pos), Some(src_update_id_pos)) =
-            (position("src_date"), position("src_update_id"))
+        let (Some(src_epoch_pos), Some(src_update_id_pos)) =
+            (position("src_epoch"), position("src_update_id"))
         else {
             bail!("projection {table} lacks its ordering key");
         };
@@ -413,15 +424,15 @@ impl TableStatement {
             "INSERT INTO {table} AS t ({column_list}, processor_version) \
              SELECT {select}, ${version_param}::integer FROM UNNEST({unnest}) AS u({column_list}) \
              ON CONFLICT ({key_list}) DO UPDATE SET {updates} \
-             WHERE (EXCLUDED.src_date, EXCLUDED.src_update_id, EXCLUDED.processor_version) \
-                 > (t.src_date, t.src_update_id, t.processor_version)",
+             WHERE (EXCLUDED.src_epoch, EXCLUDED.src_update_id, EXCLUDED.processor_version) \
+                 > (t.src_epoch, t.src_update_id, t.processor_version)",
             table = quote(table.name()),
         );
         Ok(Self {
             table,
             carriers,
             key_positions,
-            src_date_pos,
+            src_epoch_pos,
             src_update_id_pos,
             sql: sql.into(),
         })
@@ -433,7 +444,7 @@ impl TableStatement {
 
     fn order(&self, row: &[Value]) -> (Value, Value) {
         (
-            row[self.src_date_pos].clone(),
+            row[self.src_epoch_pos].clone(),
             row[self.src_update_id_pos].clone(),
         )
     }
@@ -519,6 +530,7 @@ mod tests {
             "user_id",
             "first_name",
             "src_date",
+            "src_epoch",
             "src_update_id",
         ];
         let types: HashMap<&str, &str> = [
@@ -526,6 +538,7 @@ mod tests {
             ("user_id", "bigint"),
             ("first_name", "text"),
             ("src_date", "bigint"),
+            ("src_epoch", "bigint"),
             ("src_update_id", "bigint"),
             ("processor_version", "integer"),
         ]
@@ -540,26 +553,39 @@ mod tests {
         .expect("a valid table shape")
     }
 
-    fn row(user: i64, name: &str, date: i64, update: i64) -> Vec<Value> {
+    fn row(user: i64, name: &str, date: i64, epoch: i64, update: i64) -> Vec<Value> {
         vec![
             Value::Int(1),
             Value::Int(user),
             Value::Text(name.into()),
             Value::Int(date),
+            Value::Int(epoch),
             Value::Int(update),
         ]
     }
 
     #[test]
-    fn duplicates_in_a_batch_collapse_to_the_newest_and_rows_come_out_sorted_by_key() {
+    fn duplicates_in_a_batch_collapse_to_the_newest_update_and_rows_come_out_sorted_by_key() {
         let s = statement();
         let rows = s.dedup_and_sort(vec![
-            row(9, "old", 10, 1),
-            row(3, "only", 5, 2),
-            row(9, "new", 11, 0),
-            row(9, "same-date-lower-update", 11, -1),
+            row(9, "old", 10, 0, 1),
+            row(3, "only", 5, 0, 2),
+            row(9, "new-epoch", 0, 1, 0),
+            row(9, "later-date-lower-update", 99, 0, 2),
         ]);
-        assert_eq!(rows, vec![row(3, "only", 5, 2), row(9, "new", 11, 0)]);
+        assert_eq!(
+            rows,
+            vec![row(3, "only", 5, 0, 2), row(9, "new-epoch", 0, 1, 0)]
+        );
+        let rows = s.dedup_and_sort(vec![
+            row(9, "later-date-lower-update", 99, 0, 1),
+            row(9, "no-date-higher-update", 0, 0, 2),
+        ]);
+        assert_eq!(
+            rows,
+            vec![row(9, "no-date-higher-update", 0, 0, 2)],
+            "the date orders nothing"
+        );
     }
 
     #[test]
@@ -568,13 +594,13 @@ mod tests {
         assert!(sql.contains("ON CONFLICT (\"bot_id\", \"user_id\") DO UPDATE SET \"first_name\" = EXCLUDED.\"first_name\""), "{sql}");
         assert!(
             sql.contains(
-                "WHERE (EXCLUDED.src_date, EXCLUDED.src_update_id, EXCLUDED.processor_version) "
+                "WHERE (EXCLUDED.src_epoch, EXCLUDED.src_update_id, EXCLUDED.processor_version) "
             ),
             "{sql}"
         );
         assert!(
             sql.contains(
-                "UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[])"
+                "UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])"
             ),
             "{sql}"
         );

@@ -7,8 +7,12 @@
 //! `tgingest_partition_lag{partition}`, `tgingest_dead_letters_total{class}`,
 //! `tgingest_rebalances_total{kind}`, `tgingest_fenced_writes_total`,
 //! `tgingest_offset_gaps_total`, plus `tgingest_commit_unknown_total{outcome}`,
-//! `tgingest_transient_errors_total`, `tgingest_stray_messages_total` and the gauge
-//! `tgingest_consumer_inflight_reserved_bytes` (set by the in-flight budget).
+//! `tgingest_transient_errors_total`, `tgingest_stray_messages_total`, the gauge
+//! `tgingest_consumer_inflight_reserved_bytes` (set by the in-flight budget), and for liveness
+//! (issue #14): `tgingest_consumer_reowned_total{reason}` (older_epoch, missing_row,
+//! newer_epoch_unmoved), `tgingest_consumer_transaction_deadlines_total`,
+//! `tgingest_consumer_timeout_halvings_total` and `tgingest_consumer_record_timeouts_total` (a
+//! single record timing out: alert on it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,6 +31,15 @@ pub struct ConsumerStats {
     pub transient_errors: AtomicU64,
     pub assignments: AtomicU64,
     pub revocations: AtomicU64,
+    /// Partitions this process took back after the database went back in time (a restore, a
+    /// deleted row) or a stale newer epoch stayed unmoved for a session timeout.
+    pub reowned: AtomicU64,
+    /// Batch transactions abandoned at their client-side deadline.
+    pub deadlines_expired: AtomicU64,
+    /// Times a batch was halved after a statement timeout.
+    pub timeout_halvings: AtomicU64,
+    /// Times a single record's write timed out (retried, alerted, never dead-lettered).
+    pub record_timeouts: AtomicU64,
 }
 
 impl ConsumerStats {
@@ -91,6 +104,26 @@ impl ConsumerStats {
         };
         counter.fetch_add(partitions as u64, Ordering::Relaxed);
         metrics::counter!("tgingest_rebalances_total", "kind" => kind).increment(1);
+    }
+
+    pub(crate) fn reowned(&self, reason: &'static str) {
+        self.reowned.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tgingest_consumer_reowned_total", "reason" => reason).increment(1);
+    }
+
+    pub(crate) fn deadline_expired(&self) {
+        self.deadlines_expired.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tgingest_consumer_transaction_deadlines_total").increment(1);
+    }
+
+    pub(crate) fn timeout_halving(&self) {
+        self.timeout_halvings.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tgingest_consumer_timeout_halvings_total").increment(1);
+    }
+
+    pub(crate) fn record_timeout(&self) {
+        self.record_timeouts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tgingest_consumer_record_timeouts_total").increment(1);
     }
 
     pub(crate) fn lag(&self, partition: i32, lag: i64) {

@@ -4,8 +4,11 @@
 //! Guarantees: [`begin`] bounds every statement of the transaction by `SET LOCAL
 //! statement_timeout` (and, when asked, ends the transaction of a client that stops sending);
 //! [`roll_back`] ends a failed transaction explicitly — ROLLBACK on a healthy connection, or
-//! closing the connection when it is gone or ROLLBACK fails — so the pool never gets a
-//! connection back mid-transaction.
+//! closing the connection when it is gone, cannot write (25006, 57P03) or ROLLBACK fails — so the
+//! pool never gets a connection back mid-transaction or connected to a node that cannot write.
+//! The client side bounds a whole transaction too: [`deadline`] of its statement timeout; a
+//! transaction past it is [`abandon`]ed, its connection dropped without a word (it may be
+//! silently dead: a polite close, a ROLLBACK or the pool's ping would wait on it for ever).
 
 use std::time::Duration;
 
@@ -43,10 +46,32 @@ pub(crate) async fn begin(
     conn.execute(AssertSqlSafe(sql)).await.map(drop)
 }
 
+/// The client-side deadline of a transaction whose statements are bounded by
+/// `statement_timeout`: twice that (see `ConsumerConfig::transaction_deadline`).
+pub(crate) fn deadline(statement_timeout: Duration) -> Duration {
+    statement_timeout.saturating_mul(2)
+}
+
+/// The error a transaction past its client-side deadline ends with (a timeout, for
+/// [`crate::classify::is_timeout`], and a lost connection).
+pub(crate) fn deadline_expired(deadline: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("transaction deadline of {deadline:?} expired"),
+    ))
+}
+
+/// Drops a connection that may be silently dead, without sending anything on it; the pool may
+/// open a replacement at once.
+pub(crate) fn abandon(conn: PoolConnection<Postgres>) {
+    drop(conn.detach());
+}
+
 /// Ends a failed transaction: ROLLBACK on a healthy connection, or closing the connection when it
-/// is lost (`connection_lost`) or ROLLBACK fails or hangs.
-pub(crate) async fn roll_back(mut conn: PoolConnection<Postgres>, connection_lost: bool) {
-    if connection_lost {
+/// must not be reused (`close`: see [`crate::classify::must_close_connection`]) or ROLLBACK fails
+/// or hangs.
+pub(crate) async fn roll_back(mut conn: PoolConnection<Postgres>, close: bool) {
+    if close {
         conn.close_on_drop();
         return;
     }

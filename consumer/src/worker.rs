@@ -9,11 +9,19 @@
 //! - the queue is read without blocking a runtime thread (non-empty callback → `Notify`, then
 //!   non-blocking polls); at most one batch is buffered, and records leave the queue only into a
 //!   batch-sized reservation of the process-wide budget (`crate::budget`; one record without),
+//!   returned after every batch so partitions take turns in the order they asked,
 //!   so memory is bounded by that budget plus librdkafka's per-partition queues, whatever the
 //!   partition count;
-//! - transient errors are retried with capped backoff while the partition is paused; a fenced
-//!   worker stops; a replay (new `rewind_seq`) is followed by a seek, also when idle (the row is
-//!   re-read every `idle_reread_interval`);
+//! - transient errors are retried with capped, jittered backoff while the partition is paused;
+//!   a batch that times out (57014, the transaction deadline) is halved down to one record, and
+//!   a single record that still times out is retried and alerted, never dead-lettered;
+//! - a replay (new `rewind_seq`) is followed by a seek, also when idle (the row is re-read every
+//!   `idle_reread_interval`);
+//! - Kafka's assignment is authoritative (DESIGN.md §5.9): for as long as the worker runs, its
+//!   partition makes progress. A row that went back in time (older epoch, no row) is re-owned at
+//!   once; a newer epoch is left alone and re-owned only once it has stayed unmoved for a session
+//!   timeout (a live owner moves it, or Kafka revokes the partition from us first), so two
+//!   members never fence each other back and forth;
 //! - cancellation (revoke, shutdown) is observed only between writes: a write in progress ends
 //!   in COMMIT or an explicit ROLLBACK, never in a dropped future.
 //!
@@ -30,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{InflightBudget, Reservation};
 use crate::config::RetryPolicy;
-use crate::offsets::{OffsetStore, Ownership, StoredOffset};
+use crate::offsets::{OffsetStore, Ownership, Standing, StoredOffset};
 use crate::readiness::{CHECK_POSTGRES, Readiness};
 use crate::record::ConsumedRecord;
 use crate::stats::ConsumerStats;
@@ -68,13 +76,12 @@ pub(crate) enum WorkerRequest {
     RestartFetch { partition: i32, offset: i64 },
 }
 
-/// Why a worker stopped.
+/// Why a worker stopped: only when told to (revoked, or shutting down); a fenced worker stands
+/// by or takes its partition back instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerExit {
     /// Revoked or shutting down.
     Cancelled,
-    /// Another owner holds the partition.
-    Fenced,
 }
 
 /// Limits and intervals a worker runs with.
@@ -85,6 +92,9 @@ pub(crate) struct WorkerSettings {
     pub linger: Duration,
     pub idle_reread_interval: Duration,
     pub retry: RetryPolicy,
+    /// The group's `session.timeout.ms`: how long a newer epoch may stay unmoved before the
+    /// partition Kafka still assigns us is taken back.
+    pub session_timeout: Duration,
 }
 
 /// What every worker of a process shares: where it writes, how, and whom it tells.
@@ -244,6 +254,9 @@ impl<L: PartitionLog> PartitionWorker<L> {
                 if let Flow::Stop(exit) = self.write_with_retry(records, &mut buffer).await {
                     return exit;
                 }
+                // One batch per reservation: the next one queues behind the partitions already
+                // waiting (what is left in the buffer is at most one record).
+                self.reservation.release();
                 last_reread = Instant::now();
                 continue;
             }
@@ -268,7 +281,7 @@ impl<L: PartitionLog> PartitionWorker<L> {
                 biased;
                 () = self.cancel.cancelled() => return WorkerExit::Cancelled,
                 () = self.notify.notified() => {}
-                () = self.reservation.budget().released(), if starved => {}
+                () = self.reservation.changed(), if starved => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -364,7 +377,7 @@ impl<L: PartitionLog> PartitionWorker<L> {
             loop {
                 match self.writer.record_gap(&mut self.owner, low).await {
                     Ok(()) => break,
-                    Err(WriteError::Fenced { .. }) => return Flow::Stop(WorkerExit::Fenced),
+                    Err(WriteError::Fenced { stored }) => return self.regain(stored, buffer).await,
                     Err(WriteError::Moved { stored }) => {
                         self.follow(stored, buffer);
                         return Flow::Continue;
@@ -418,6 +431,8 @@ impl<L: PartitionLog> PartitionWorker<L> {
     ) -> Flow {
         let mut attempt = 0u32;
         let mut paused = false;
+        // Records per transaction: halved by each timeout, down to one.
+        let mut limit = records.len();
         let flow = loop {
             // Records are in offset order; a retry writes only what is not yet committed.
             let start = self.owner.next_offset;
@@ -425,7 +440,8 @@ impl<L: PartitionLog> PartitionWorker<L> {
             if pending.is_empty() {
                 break Flow::Continue;
             }
-            match self.writer.write(&mut self.owner, pending).await {
+            let part = &pending[..pending.len().min(limit)];
+            match self.writer.write(&mut self.owner, part).await {
                 Ok(summary) => {
                     tracing::debug!(
                         records = summary.records,
@@ -435,7 +451,39 @@ impl<L: PartitionLog> PartitionWorker<L> {
                     );
                     self.readiness.ready(CHECK_POSTGRES, "");
                     self.after_commit().await;
-                    break Flow::Continue;
+                    if part.len() == pending.len() {
+                        break Flow::Continue;
+                    }
+                    attempt = 0;
+                }
+                Err(e) if e.is_timeout() && part.len() > 1 => {
+                    limit = part.len() / 2;
+                    self.stats.transient_error();
+                    self.stats.timeout_halving();
+                    tracing::warn!(
+                        records = part.len(),
+                        halved_to = limit,
+                        "batch timed out: halving it ({e})"
+                    );
+                }
+                Err(WriteError::Transient(e)) if crate::classify::is_timeout(&e) => {
+                    // One record alone times out: the database is slow, not the record bad.
+                    self.stats.transient_error();
+                    self.stats.record_timeout();
+                    self.readiness
+                        .not_ready(CHECK_POSTGRES, &format!("a single record times out: {e}"));
+                    tracing::error!(
+                        attempt,
+                        offset = part[0].record.offset,
+                        "a single record's write times out, retrying (never dead-lettered): {e}"
+                    );
+                    if !paused {
+                        paused = self.set_paused(true);
+                    }
+                    if let Flow::Stop(exit) = self.backoff(attempt).await {
+                        break Flow::Stop(exit);
+                    }
+                    attempt = attempt.saturating_add(1);
                 }
                 Err(WriteError::Transient(e)) => {
                     self.stats.transient_error();
@@ -466,15 +514,7 @@ impl<L: PartitionLog> PartitionWorker<L> {
         buffer: &mut VecDeque<ConsumedRecord>,
     ) -> Flow {
         match error {
-            WriteError::Fenced { stored } => {
-                // No pause here: the new owner may be this very process (a re-assignment after
-                // a revoke that gave up waiting), and pausing would stall its worker.
-                tracing::warn!(
-                    ?stored,
-                    "fenced: another owner took the partition; stopping"
-                );
-                Flow::Stop(WorkerExit::Fenced)
-            }
+            WriteError::Fenced { stored } => self.regain(stored, buffer).await,
             WriteError::Moved { stored } => {
                 self.follow(stored, buffer);
                 Flow::Continue
@@ -503,28 +543,21 @@ impl<L: PartitionLog> PartitionWorker<L> {
         self.publish_position();
     }
 
-    /// The idle re-read: notices replays and new owners while nothing is written.
+    /// The idle re-read: notices replays, new owners and a database gone back in time while
+    /// nothing is written.
     async fn reread(&mut self, buffer: &mut VecDeque<ConsumedRecord>) -> Flow {
         match self.store.read(self.owner.partition).await {
-            Ok(Some(stored)) if stored.owner_epoch != self.owner.owner_epoch => {
-                tracing::warn!(?stored, "a newer owner holds the partition; stopping");
-                Flow::Stop(WorkerExit::Fenced)
-            }
-            Ok(Some(stored))
-                if stored.rewind_seq != self.owner.rewind_seq
-                    || stored.next_offset != self.owner.next_offset =>
-            {
-                self.follow(stored, buffer);
-                Flow::Continue
-            }
-            Ok(Some(_)) => {
-                self.readiness.ready(CHECK_POSTGRES, "");
-                Flow::Continue
-            }
-            Ok(None) => {
-                tracing::error!("the partition's offsets row disappeared; stopping");
-                Flow::Stop(WorkerExit::Fenced)
-            }
+            Ok(stored) => match self.owner.standing(stored) {
+                Standing::Current => {
+                    self.readiness.ready(CHECK_POSTGRES, "");
+                    Flow::Continue
+                }
+                Standing::Moved(stored) => {
+                    self.follow(stored, buffer);
+                    Flow::Continue
+                }
+                Standing::Behind(_) | Standing::Superseded(_) => self.regain(stored, buffer).await,
+            },
             Err(e) => {
                 self.readiness
                     .not_ready(CHECK_POSTGRES, &format!("cannot read offsets: {e}"));
@@ -532,6 +565,134 @@ impl<L: PartitionLog> PartitionWorker<L> {
                 Flow::Continue
             }
         }
+    }
+
+    /// The stored row no longer carries this worker's epoch, while Kafka still assigns it the
+    /// partition (DESIGN.md §5.9). An older epoch or no row means the database went back in time
+    /// (a restored backup, a deleted row): re-own at once. A newer epoch is left alone — no pause
+    /// either, the new owner may be this very process — and re-owned only if it stays unmoved for
+    /// a session timeout while we are still assigned. Returns when the worker owns the partition
+    /// again (or follows a moved row), or is cancelled.
+    async fn regain(
+        &mut self,
+        stored: Option<StoredOffset>,
+        buffer: &mut VecDeque<ConsumedRecord>,
+    ) -> Flow {
+        buffer.clear();
+        self.reservation.release();
+        let mut observed = stored;
+        let mut unmoved_since = Instant::now();
+        let mut attempt = 0u32;
+        let mut standing_by = false;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Flow::Stop(WorkerExit::Cancelled);
+            }
+            let reason = match self.owner.standing(observed) {
+                Standing::Current => return Flow::Continue,
+                Standing::Moved(stored) => {
+                    self.follow(stored, buffer);
+                    return Flow::Continue;
+                }
+                Standing::Behind(None) => Some("missing_row"),
+                Standing::Behind(Some(_)) => Some("older_epoch"),
+                Standing::Superseded(_)
+                    if unmoved_since.elapsed() >= self.settings.session_timeout =>
+                {
+                    Some("newer_epoch_unmoved")
+                }
+                Standing::Superseded(stored) => {
+                    if !standing_by {
+                        standing_by = true;
+                        tracing::warn!(
+                            ?stored,
+                            "a newer epoch holds the partition Kafka assigns here: standing by"
+                        );
+                    }
+                    None
+                }
+            };
+            if let Some(reason) = reason {
+                match self.reown(observed, reason, buffer).await {
+                    Ok(true) => return Flow::Continue,
+                    // The row moved meanwhile: look at it again.
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(attempt, "re-owning the partition failed, retrying: {e:#}");
+                        if let Flow::Stop(exit) = self.backoff(attempt).await {
+                            return Flow::Stop(exit);
+                        }
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    () = self.cancel.cancelled() => return Flow::Stop(WorkerExit::Cancelled),
+                    () = tokio::time::sleep(self.settings.idle_reread_interval) => {}
+                }
+            }
+            match self.store.read(self.owner.partition).await {
+                Ok(now) => {
+                    if now != observed {
+                        unmoved_since = Instant::now();
+                        observed = now;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("re-reading the offsets row failed: {e}");
+                    if let Flow::Stop(exit) = self.backoff(attempt).await {
+                        return Flow::Stop(exit);
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// Takes the partition back from the row as `observed` and resumes at its stored offset (no
+    /// row: at the log start). `Ok(false)` when the row was no longer as observed.
+    async fn reown(
+        &mut self,
+        observed: Option<StoredOffset>,
+        reason: &'static str,
+        buffer: &mut VecDeque<ConsumedRecord>,
+    ) -> anyhow::Result<bool> {
+        let log_start = match observed {
+            Some(_) => 0,
+            None => {
+                let log = self.log.clone();
+                tokio::task::spawn_blocking(move || log.watermarks(Duration::from_secs(10)))
+                    .await??
+                    .0
+            }
+        };
+        let Some(owner) = self
+            .store
+            .reown(
+                self.owner.partition,
+                self.owner.owner_epoch,
+                observed,
+                log_start,
+            )
+            .await?
+        else {
+            return Ok(false);
+        };
+        tracing::warn!(
+            reason,
+            ?observed,
+            from_epoch = self.owner.owner_epoch,
+            to_epoch = owner.owner_epoch,
+            next_offset = owner.next_offset,
+            "took back the partition Kafka assigns here"
+        );
+        self.stats.reowned(reason);
+        self.owner = owner;
+        buffer.clear();
+        self.seek(owner.next_offset);
+        self.publish_position();
+        Ok(true)
     }
 
     /// The advisory Kafka mirror of the committed offset, and the published position.

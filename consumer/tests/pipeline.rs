@@ -180,11 +180,7 @@ async fn broker_a_budget_for_one_batch_is_handed_out_in_whole_batches() {
     // and each turn fills a whole batch rather than six workers splitting the room.
     let (db, broker, topic, group) = setup(6).await;
     let outgoing = messages(1, 1_200, 6);
-    let mean = outgoing
-        .iter()
-        .map(|o| o.value.len() + o.key.len())
-        .sum::<usize>()
-        / outgoing.len();
+    let mean = mean_record_bytes(&outgoing);
     let manifest = produce(&broker.client_config(), &topic, &outgoing).await;
     let mut cfg = config(&broker, &group, &topic);
     cfg.max_inflight_bytes = mean * 75;
@@ -199,24 +195,112 @@ async fn broker_a_budget_for_one_batch_is_handed_out_in_whole_batches() {
     running.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_behind_a_small_budget_no_partition_waits_while_another_commits_more_than_two_batches()
+ {
+    // 48 partitions, each preloaded with 5 batches of backlog, and room for 4 batches. A
+    // partition waits from the commit of one of its batches to the start of its next; in that
+    // time every other partition commits at most K = 2 batches: the budget grants reservations
+    // in the order workers asked, one batch each (1 per wait), and one more may slip in between
+    // the commit's offset update and the worker's return to the queue.
+    const PARTITIONS: i32 = 48;
+    const PER_PARTITION: i64 = 100;
+    const BATCH: usize = 20;
+    const K: i64 = 2;
+    let (db, broker, topic, group) = setup(PARTITIONS).await;
+    // On Tansu a partition between two batches can be waiting for its next fetch rather than
+    // for the budget (seen: up to 4 commits of another partition in such a wait), so the count
+    // would measure fetching, not the budget's order.
+    testkit::require_broker(
+        broker.kind(),
+        &[testkit::BrokerKind::Mock],
+        "needs every partition's backlog fetched ahead, as the mock cluster does",
+    );
+    // Every batch's offset update, with the time it ran (inside the batch transaction, so only
+    // committed batches are logged).
+    for statement in [
+        "CREATE TABLE commit_log (partition integer, next_offset bigint, at timestamptz)",
+        "CREATE FUNCTION log_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             INSERT INTO commit_log VALUES (NEW.partition, NEW.next_offset, clock_timestamp()); \
+             RETURN NEW; END $$",
+        "CREATE TRIGGER log_commit AFTER UPDATE ON consumer_offsets FOR EACH ROW \
+             WHEN (NEW.next_offset <> OLD.next_offset) EXECUTE FUNCTION log_commit()",
+    ] {
+        sqlx::query(statement).execute(db.pool()).await.unwrap();
+    }
+    let outgoing: Vec<Outgoing> = (0..PARTITIONS)
+        .flat_map(|p| {
+            (0..PER_PARTITION).map(move |i| {
+                let update_id = 1 + i64::from(p) * PER_PARTITION + i;
+                let chat_id = -1_001_000_000_000 - i64::from(p);
+                let value = message(
+                    update_id,
+                    chat_id,
+                    100_000 + i64::from(p),
+                    i,
+                    1_760_000_000 + i,
+                    "hello",
+                );
+                Outgoing::update(p, chat_id, update_id, value)
+            })
+        })
+        .collect();
+    let mean = mean_record_bytes(&outgoing);
+    let manifest = produce(&broker.client_config(), &topic, &outgoing).await;
+    let mut cfg = config(&broker, &group, &topic);
+    cfg.batch_max_records = BATCH;
+    cfg.max_inflight_bytes = mean * BATCH * 4;
+    let running = RunningConsumer::start(cfg, db.pool().clone());
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(60)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
+    running.stop().await;
+
+    // A wait of partition p: from a commit of p to the start of p's next batch (its rows'
+    // inserted_at is its transaction's start). The most commits of one other partition in one.
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM commit_log")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let worst: Option<(i32, i32, i64)> = sqlx::query_as(
+        "WITH waits AS ( \
+             SELECT c.partition AS p, c.at AS from_at, min(r.inserted_at) AS to_at \
+             FROM commit_log c \
+             JOIN raw_updates r ON r.kafka_partition = c.partition \
+                               AND r.kafka_offset = c.next_offset \
+             GROUP BY c.partition, c.at) \
+         SELECT w.p, o.partition, count(*) FROM waits w \
+         JOIN commit_log o ON o.partition <> w.p AND o.at > w.from_at AND o.at < w.to_at \
+         GROUP BY w.p, w.from_at, o.partition ORDER BY count(*) DESC LIMIT 1",
+    )
+    .fetch_optional(db.pool())
+    .await
+    .unwrap();
+    assert!(
+        batches >= i64::from(PARTITIONS) * 5,
+        "{batches} batches: every partition's backlog is at least 5 batches"
+    );
+    if let Some((p, q, n)) = worst {
+        assert!(
+            n <= K,
+            "partition {q} committed {n} batches while partition {p}, with a backlog, waited"
+        );
+    }
+}
+
+/// The mean bytes of the records (value and key), as the budget sizes them.
+fn mean_record_bytes(outgoing: &[Outgoing]) -> usize {
+    outgoing
+        .iter()
+        .map(|o| o.value.len() + o.key.len())
+        .sum::<usize>()
+        / outgoing.len()
+}
+
 async fn two_consumers_share_partitions(strategy: AssignmentStrategy) {
     let (db, broker, topic, group) = setup(6).await;
     let mut cfg = config(&broker, &group, &topic);
     cfg.assignment_strategy = strategy;
-    let a = RunningConsumer::start(cfg.clone(), db.pool().clone());
-    let b = RunningConsumer::start(cfg, db.pool().clone());
-    // Traffic starts once the group has given both members partitions: a consumer that drains
-    // each round at once could otherwise take all of it before the second one joins (seen on
-    // Tansu, whose group formation takes seconds).
-    wait_until(
-        Duration::from_secs(45),
-        "both consumers own partitions",
-        || async {
-            ConsumerStats::get(&a.stats.assignments) > 0
-                && ConsumerStats::get(&b.stats.assignments) > 0
-        },
-    )
-    .await;
+    let (a, b) = two_members(cfg, &db).await;
     let mut manifest = Vec::new();
     let client = broker.client_config();
     for round in 0..6 {
@@ -331,13 +415,11 @@ async fn broker_terminated_postgres_backends_are_survived_and_the_checker_passes
 /// is exactly retention deleting records the group had not written yet.
 async fn deleted_records_are_recorded_as_a_gap(strategy: AssignmentStrategy) {
     let (db, broker, topic, group) = setup(1).await;
-    if broker.kind() != testkit::BrokerKind::Mock {
-        eprintln!(
-            "skipped on {:?}: deleting records needs the mock cluster's 5 MB log cap",
-            broker.kind()
-        );
-        return;
-    }
+    testkit::require_broker(
+        broker.kind(),
+        &[testkit::BrokerKind::Mock],
+        "deleting records needs the mock cluster's 5 MB log cap",
+    );
     let big = "a".repeat(100_000);
     let outgoing: Vec<Outgoing> = (1..=70)
         .map(|i| Outgoing::update(0, -5, i, message(i, -5, 9, i, 1_760_000_000 + i, &big)))

@@ -14,7 +14,9 @@ use processor::wire::header;
 use proptest::prelude::*;
 use sqlx::PgPool;
 use testkit::TestDb;
-use testkit::updates::{BOT, edited, message};
+use testkit::updates::{
+    BOT, callback_query, chosen_inline_result, edited, inline_query, message, poll, poll_answer,
+};
 
 const TOPIC: &str = "tg.updates";
 const GROUP: &str = "sink";
@@ -32,7 +34,14 @@ async fn writer(pool: &PgPool, processor_version: i32) -> BatchWriter {
     )
 }
 
+/// When the test records were received (tg-received-at, ms), unless a test says otherwise.
+const RECEIVED_AT_MS: i64 = 1_760_000_000_000;
+
 fn record(offset: i64, value: Vec<u8>) -> PreparedRecord {
+    record_received_at(offset, value, RECEIVED_AT_MS)
+}
+
+fn record_received_at(offset: i64, value: Vec<u8>, received_at_ms: i64) -> PreparedRecord {
     PreparedRecord::prepare(ConsumedRecord {
         topic: TOPIC.into(),
         partition: 0,
@@ -41,9 +50,12 @@ fn record(offset: i64, value: Vec<u8>) -> PreparedRecord {
         payload: Some(value),
         headers: vec![
             (header::BOT_ID.into(), Some(BOT.to_string().into_bytes())),
-            (header::RECEIVED_AT.into(), Some(b"1760000000000".to_vec())),
+            (
+                header::RECEIVED_AT.into(),
+                Some(received_at_ms.to_string().into_bytes()),
+            ),
         ],
-        timestamp_ms: Some(1_760_000_000_000),
+        timestamp_ms: Some(received_at_ms),
     })
 }
 
@@ -358,6 +370,69 @@ async fn a_newer_processor_version_rewrites_rows_of_the_same_update_but_never_be
     assert_eq!(version, 2);
 }
 
+/// The name `users` holds for user 42.
+async fn user_name(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT first_name FROM users WHERE user_id = 42")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_late_webhook_retry_of_an_older_dateless_update_never_overwrites_a_newer_one() {
+    let db = TestDb::create().await.unwrap();
+    let w = writer(db.pool(), 1).await;
+    let t = RECEIVED_AT_MS;
+    let older = callback_query(10, "cb1", 42, "Old", -100, 1, "a");
+    let newer = inline_query(11, "iq1", 42, "New", "q");
+    let deliveries = [
+        (older.clone(), t),
+        (newer, t + 1_000),
+        // Telegram retries the callback query's webhook a minute later.
+        (older, t + 60_000),
+    ];
+    apply(db.pool(), &w, &deliveries, 1).await;
+    assert_eq!(user_name(db.pool()).await, "New");
+    // A dated message with an older update id loses to the dateless newer one too.
+    let message = message(9, -100, 42, 5, 1_800_000_000, "hi");
+    apply(db.pool(), &w, &[(message, t + 120_000)], 1).await;
+    assert_eq!(user_name(db.pool()).await, "New");
+}
+
+#[tokio::test]
+async fn after_an_update_id_restart_the_new_epoch_wins_and_old_copies_never_beat_it() {
+    let db = TestDb::create().await.unwrap();
+    let w = writer(db.pool(), 1).await;
+    let t = RECEIVED_AT_MS;
+    let day = 86_400_000;
+    let old = callback_query(1_000, "cb1", 42, "Old", -100, 1, "a");
+    let batches = [
+        vec![(old.clone(), t)],
+        // A week without updates: Telegram restarts the ids, lower. In the same batch, a copy of
+        // the old update that some retry path received even later.
+        vec![
+            (inline_query(5, "iq1", 42, "Restarted", "q"), t + 7 * day),
+            (old.clone(), t + 7 * day + 1_000),
+        ],
+        // A replay of the old update's record, and the first copy of another old update (a
+        // late redrive), both received before the restart.
+        vec![
+            (old, t),
+            (inline_query(1_001, "iq2", 42, "Late", "q"), t + 60_000),
+        ],
+    ];
+    for batch in batches {
+        apply(db.pool(), &w, &batch, batch.len()).await;
+    }
+    assert_eq!(user_name(db.pool()).await, "Restarted");
+    let epochs: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT update_id, update_epoch FROM raw_updates ORDER BY update_id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(epochs, [(5, 1), (1_000, 0), (1_001, 0)]);
+}
+
 /// Every projection table's content, as text, in key order (updated_at excluded: it records when,
 /// not what).
 async fn projection_state(pool: &PgPool) -> Vec<String> {
@@ -389,7 +464,7 @@ async fn reset(pool: &PgPool) {
         .map(|t| t.name())
         .collect();
     let sql = format!(
-        "TRUNCATE raw_updates, dead_letters, consumer_offsets, {}",
+        "TRUNCATE raw_updates, bot_update_epochs, dead_letters, consumer_offsets, {}",
         tables.join(", ")
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -398,20 +473,28 @@ async fn reset(pool: &PgPool) {
         .unwrap();
 }
 
-/// Applies `payloads` in batches of `batch` records.
-async fn apply(pool: &PgPool, w: &BatchWriter, payloads: &[Vec<u8>], batch: usize) {
+/// Applies `deliveries` (payload, receive time in ms) in batches of `batch` records.
+async fn apply(pool: &PgPool, w: &BatchWriter, deliveries: &[(Vec<u8>, i64)], batch: usize) {
     let mut owner = own(pool).await;
-    for chunk in payloads.chunks(batch.max(1)) {
+    for chunk in deliveries.chunks(batch.max(1)) {
         let first = owner.next_offset;
-        w.write(&mut owner, &records(first, chunk.to_vec()))
-            .await
-            .unwrap();
+        let batch: Vec<PreparedRecord> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (payload, received))| {
+                record_received_at(first + i as i64, payload.clone(), *received)
+            })
+            .collect();
+        w.write(&mut owner, &batch).await.unwrap();
     }
 }
 
-/// Messages, edits of them (some before the original) and users seen with changing names.
+/// Updates of every projected kind, in update-id order: messages and edits (some before the
+/// original), and the dateless kinds — callback and inline queries, chosen inline results,
+/// polls, poll answers — whose users and chats are the same as the messages' (the same user
+/// under changing names), so dated and dateless rows of `users` and `chats` compete.
 fn update_history() -> impl Strategy<Value = Vec<Vec<u8>>> {
-    prop::collection::vec((0i64..3, 0i64..4, 0i64..4, 0u8..3, "[a-z]{0,6}"), 1..40).prop_map(
+    prop::collection::vec((0i64..3, 0i64..4, 0i64..4, 0u8..9, "[a-z]{0,6}"), 1..40).prop_map(
         |specs| {
             specs
                 .into_iter()
@@ -419,19 +502,42 @@ fn update_history() -> impl Strategy<Value = Vec<Vec<u8>>> {
                 .map(|(i, (chat, msg, user, kind, text))| {
                     let update_id = 500 + i as i64;
                     let chat_id = -100 - chat;
+                    let user_id = 42 + user;
                     let date = 1_760_000_000 + msg * 10;
                     match kind {
-                        0 => message(update_id, chat_id, 42 + user, msg, date, &text),
+                        0 => message(update_id, chat_id, user_id, msg, date, &text),
                         // Edits share dates on purpose: equal edit_date, the update id decides.
-                        _ => edited(
+                        1 | 2 => edited(
                             update_id,
                             chat_id,
-                            42 + user,
+                            user_id,
                             msg,
                             date,
                             date + 5 + i as i64 % 3,
                             &text,
                         ),
+                        3 => callback_query(
+                            update_id,
+                            &format!("cb{msg}"),
+                            user_id,
+                            &text,
+                            chat_id,
+                            msg,
+                            &text,
+                        ),
+                        4 => inline_query(update_id, &format!("iq{msg}"), user_id, &text, &text),
+                        5 => chosen_inline_result(
+                            update_id,
+                            &format!("r{msg}"),
+                            user_id,
+                            &text,
+                            &text,
+                        ),
+                        6 => poll(update_id, &format!("p{msg}"), &text, user),
+                        7 => {
+                            poll_answer(update_id, &format!("p{msg}"), user_id, &text, &[user % 2])
+                        }
+                        _ => poll_answer(update_id, &format!("p{msg}"), user_id, &text, &[]),
                     }
                 })
                 .collect()
@@ -467,7 +573,16 @@ fn shuffled_duplicated_redelivery_converges_to_the_in_order_rows() {
         duplicates in prop::collection::vec(any::<prop::sample::Index>(), 0..15),
         batch_in_order in 1usize..8,
         batch_shuffled in 1usize..8,
+        // Any receive time within 5 days (a webhook retry comes later than a newer update; a
+        // restart of update ids needs 7 days of silence, so this is one epoch).
+        received in prop::collection::vec(0i64..5 * 86_400_000, 60),
     )| {
+        // In order: received one second apart, in update-id order.
+        let in_order: Vec<(Vec<u8>, i64)> = history
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), RECEIVED_AT_MS + 1_000 * i as i64))
+            .collect();
         let mut redelivered = history.clone();
         for d in &duplicates {
             redelivered.push(history[d.index(history.len())].clone());
@@ -480,10 +595,15 @@ fn shuffled_duplicated_redelivery_converges_to_the_in_order_rows() {
             state ^= state << 17;
             redelivered.swap(i, (state % (i as u64 + 1)) as usize);
         }
+        let redelivered: Vec<(Vec<u8>, i64)> = redelivered
+            .into_iter()
+            .zip(&received)
+            .map(|(p, r)| (p, RECEIVED_AT_MS + r))
+            .collect();
         let (expected, actual) = runtime.block_on(async {
             reset(in_order_db.pool()).await;
             reset(shuffled_db.pool()).await;
-            apply(in_order_db.pool(), &w1, &history, batch_in_order).await;
+            apply(in_order_db.pool(), &w1, &in_order, batch_in_order).await;
             apply(shuffled_db.pool(), &w2, &redelivered, batch_shuffled).await;
             (projection_state(in_order_db.pool()).await, projection_state(shuffled_db.pool()).await)
         });

@@ -14,8 +14,8 @@
 //!   columns get U+FFFD in their place.
 //! - **Rows converge under any delivery order.** Every derived row carries the update's
 //!   `src_update_id` and source date; the consumer's last-writer-wins upsert on
-//!   (`src_date`, `src_update_id`, `processor_version`) makes shuffled, duplicated and replayed
-//!   input end in the same rows (see `migrations/0001_init.sql`).
+//!   (update-id epoch, `src_update_id`, `processor_version`) makes shuffled, duplicated and
+//!   replayed input end in the same rows (see `migrations/0003_update_order.sql`).
 //! - **Users and chats are found wherever they appear**, including copies nested in replies,
 //!   origins, members and entities, and in kinds this processor does not otherwise model.
 //!

@@ -100,7 +100,8 @@ const SERVICE_KINDS: [&str; 46] = [
 /// original. Kinds whose content has no event date (callback and inline queries, polls, poll
 /// answers, deletions, payments, unknown kinds) have none. Neither has `business_connection`:
 /// its `date` is when the connection was established and stays the same in every later update
-/// about it (rights changed, disabled), so only the receive time orders those.
+/// about it (rights changed, disabled). The date is stored, not used for ordering: the update id
+/// orders every kind (`migrations/0003_update_order.sql`).
 pub(crate) fn source_date(kind: &UpdateKind, content: &Value) -> Option<i64> {
     let int = |key: &str| content.get(key).and_then(Value::as_i64);
     match kind {

@@ -4,8 +4,9 @@
 //! Guarantees the consumer relies on:
 //! - every derived row carries `src_update_id` (= the update's `update_id`) and `src_date`
 //!   (unix seconds of the source event, `None` when the update carries no date; the consumer
-//!   then substitutes the record's Kafka timestamp in seconds). Together with the table's
-//!   `processor_version` column they form the last-writer-wins ordering key;
+//!   stores 0 then). The last-writer-wins ordering key is (update-id epoch, `src_update_id`,
+//!   `processor_version`); the epoch is the consumer's (`migrations/0003_update_order.sql`), so
+//!   `src_date` orders nothing and no receive time enters a row;
 //! - within one update, each table's rows have distinct keys (observations of the same user or
 //!   chat are merged), so a batch upsert never touches a row twice because of one update;
 //! - every `String` is free of U+0000 and is valid UTF-8, so PostgreSQL `text` accepts it;
@@ -327,7 +328,7 @@ pub struct DeletedBusinessMessageRow {
 
 /// `business_connections`: the latest state of a connection. Key (bot_id,
 /// business_connection_id). `date` (when the connection was established) does not order its
-/// updates, so `src_date` is None and the consumer's receive time orders them.
+/// updates, so `src_date` is None; like every row, the update id orders them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusinessConnectionRow {
     pub bot_id: i64,

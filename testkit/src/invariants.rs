@@ -3,9 +3,9 @@
 //!
 //! It is given the manifest of what was produced (topic, partition, offset, key, value bytes,
 //! headers) and never calls `processor::normalize`: a record is accounted for by a `raw_updates`
-//! row holding exactly its bytes, or by exactly one unresolved dead letter at its position —
-//! never both, never neither. It also reports raw rows and dead letters no produced record
-//! explains, the same payload stored twice for one bot, any `offset_gaps` row of the group, and
+//! row holding exactly its bytes, or by exactly one unresolved dead letter at its position, or by
+//! a tombstone at its position (an operator's purge) — exactly one of the three, never none. It
+//! also reports raw rows, dead letters and tombstones no produced record explains, the same payload stored twice for one bot, any `offset_gaps` row of the group, and
 //! every partition whose stored `next_offset` differs from the log end.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -27,7 +27,8 @@ pub struct ProducedRecord {
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {
-    /// The record has neither a raw row with its bytes nor an unresolved dead letter.
+    /// The record has neither a raw row with its bytes, nor an unresolved dead letter, nor a
+    /// tombstone.
     Missing {
         topic: String,
         partition: i32,
@@ -41,6 +42,14 @@ pub enum Violation {
         partition: i32,
         offset: i64,
     },
+    /// The record has a tombstone and also rows or an unresolved dead letter.
+    TombstoneAndEffect {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        rows: bool,
+        open_dead_letter: bool,
+    },
     /// A raw row whose bytes no produced record has.
     UnexpectedRawRow {
         bot_id: i64,
@@ -52,6 +61,12 @@ pub enum Violation {
     DuplicateRawRow { bot_id: i64, rows: usize },
     /// A dead letter at a position no produced record has.
     UnexpectedDeadLetter {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    /// A tombstone at a position no produced record has.
+    UnexpectedTombstone {
         topic: String,
         partition: i32,
         offset: i64,
@@ -81,6 +96,8 @@ pub struct InvariantReport {
     pub with_rows: usize,
     /// Records accounted for by an unresolved dead letter.
     pub dead_lettered: usize,
+    /// Records accounted for by a tombstone.
+    pub tombstoned: usize,
     pub violations: Vec<Violation>,
 }
 
@@ -101,11 +118,12 @@ impl InvariantReport {
                 .map(|v| format!("  {v:?}"))
                 .collect();
             panic!(
-                "{} invariant violation(s) over {} records ({} with rows, {} dead letters):\n{}",
+                "{} invariant violation(s) over {} records ({} with rows, {} dead letters, {} tombstones):\n{}",
                 self.violations.len(),
                 self.records,
                 self.with_rows,
                 self.dead_lettered,
+                self.tombstoned,
                 listed.join("\n")
             );
         }
@@ -168,6 +186,13 @@ impl InvariantChecker {
         .fetch_all(&self.pool)
         .await
         .context("reading dead_letters")?;
+        let tombstones: Vec<(String, i32, i64)> = sqlx::query_as(
+            "SELECT topic, partition, kafka_offset FROM tombstones WHERE topic = ANY($1)",
+        )
+        .bind(&topics)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading tombstones")?;
         let gaps: Vec<(String, i32, i64, i64)> = sqlx::query_as(
             "SELECT topic, partition, expected_offset, first_offset_seen \
              FROM offset_gaps WHERE group_id = $1 ORDER BY detected_at",
@@ -195,6 +220,10 @@ impl InvariantChecker {
             .iter()
             .map(|(t, p, o, resolved)| ((t.as_str(), *p, *o), *resolved))
             .collect();
+        let tombstoned: HashSet<(&str, i32, i64)> = tombstones
+            .iter()
+            .map(|(t, p, o)| (t.as_str(), *p, *o))
+            .collect();
         let mut produced_payloads: HashSet<&[u8]> = HashSet::new();
         let mut produced_positions: HashSet<(&str, i32, i64)> = HashSet::new();
         for record in manifest {
@@ -205,6 +234,20 @@ impl InvariantChecker {
             let dead_letter =
                 dead_by_position.get(&(&record.topic, record.partition, record.offset));
             let open_dead_letter = dead_letter == Some(&false);
+            if tombstoned.contains(&(&record.topic, record.partition, record.offset)) {
+                if has_rows || open_dead_letter {
+                    report.violations.push(Violation::TombstoneAndEffect {
+                        topic: record.topic.clone(),
+                        partition: record.partition,
+                        offset: record.offset,
+                        rows: has_rows,
+                        open_dead_letter,
+                    });
+                } else {
+                    report.tombstoned += 1;
+                }
+                continue;
+            }
             match (has_rows, open_dead_letter) {
                 (true, false) => report.with_rows += 1,
                 (false, true) => report.dead_lettered += 1,
@@ -249,6 +292,15 @@ impl InvariantChecker {
         for (topic, partition, offset, _) in &dead {
             if !produced_positions.contains(&(topic.as_str(), *partition, *offset)) {
                 report.violations.push(Violation::UnexpectedDeadLetter {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                });
+            }
+        }
+        for (topic, partition, offset) in &tombstones {
+            if !produced_positions.contains(&(topic.as_str(), *partition, *offset)) {
+                report.violations.push(Violation::UnexpectedTombstone {
                     topic: topic.clone(),
                     partition: *partition,
                     offset: *offset,

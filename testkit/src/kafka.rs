@@ -87,6 +87,18 @@ impl BrokerKind {
     }
 }
 
+/// Fails the calling test unless it runs on one of the brokers in `capable`.
+///
+/// A test that a broker cannot carry is excluded from that broker's run by the nextest filter in
+/// `scripts/test`, which prints it with its reason; it never returns early and counts as a pass.
+/// This guard makes a run that missed the filter fail loudly instead.
+pub fn require_broker(actual: BrokerKind, capable: &[BrokerKind], reason: &str) {
+    assert!(
+        capable.contains(&actual),
+        "this test cannot run on {actual:?} ({reason}); scripts/test excludes it there"
+    );
+}
+
 /// A broker for one test; stopped on drop (External: left alone).
 pub struct TestBroker {
     kind: BrokerKind,

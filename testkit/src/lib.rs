@@ -2,7 +2,8 @@
 //!
 //! Every test gets its own: a fresh PostgreSQL database ([`pg::TestDb`]) or a private cluster it may
 //! crash ([`pg::PrivateCluster`]), a Kafka-protocol broker with unique topic and group names
-//! ([`kafka::TestBroker`]), and child processes that cannot outlive it ([`process::ChildProcess`]).
+//! ([`kafka::TestBroker`]), child processes that cannot outlive it ([`process::ChildProcess`]), and
+//! a TCP proxy that can silently drop connections ([`proxy::TcpProxy`]).
 //! Everything is torn down on drop, also when a test panics.
 //!
 //! Beside the infrastructure, what tests of the pipeline share: updates as the producer publishes
@@ -51,13 +52,15 @@ pub mod invariants;
 pub mod kafka;
 pub mod pg;
 pub mod process;
+pub mod proxy;
 pub mod sink;
 pub mod updates;
 pub mod wait;
 
-pub use kafka::{BrokerKind, HostedMockBroker, MockClusterHost, TestBroker};
+pub use kafka::{BrokerKind, HostedMockBroker, MockClusterHost, TestBroker, require_broker};
 pub use pg::{PrivateCluster, StopMode, TestDb};
 pub use process::{ChildProcess, free_port, with_failpoints};
+pub use proxy::TcpProxy;
 pub use wait::{eventually, wait_until};
 
 /// Logs to the test's captured output (once per process), filtered by `RUST_LOG` or else by

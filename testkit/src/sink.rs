@@ -75,6 +75,7 @@ impl RunningConsumer {
             .application_name(application_name);
         let pool = PgPoolOptions::new()
             .max_connections(8)
+            .max_lifetime(Some(consumer::config::POOL_MAX_LIFETIME))
             .connect_with(options)
             .await
             .expect("a pool for the consumer");

@@ -63,6 +63,101 @@ pub fn edited(
     .into_bytes()
 }
 
+/// A user object as Telegram embeds it, named `name`.
+fn user(user_id: i64, name: &str) -> serde_json::Value {
+    serde_json::json!({"id": user_id, "is_bot": false, "first_name": name})
+}
+
+/// The bytes of update `update_id` of kind `kind` with `content`.
+fn update(update_id: i64, kind: &str, content: serde_json::Value) -> Vec<u8> {
+    let mut update = serde_json::Map::new();
+    update.insert("update_id".into(), update_id.into());
+    update.insert(kind.into(), content);
+    serde_json::Value::Object(update).to_string().into_bytes()
+}
+
+/// A callback query (no date of its own) from a button under message `message_id` of `chat_id`.
+pub fn callback_query(
+    update_id: i64,
+    query_id: &str,
+    user_id: i64,
+    name: &str,
+    chat_id: i64,
+    message_id: i64,
+    data: &str,
+) -> Vec<u8> {
+    let chat = serde_json::json!({
+        "id": chat_id, "title": format!("Chat {chat_id} ({name})"), "type": "supergroup"
+    });
+    update(
+        update_id,
+        "callback_query",
+        serde_json::json!({
+            "id": query_id,
+            "from": user(user_id, name),
+            "message": {"message_id": message_id, "chat": chat, "date": 1_700_000_000},
+            "chat_instance": format!("ci{chat_id}"),
+            "data": data
+        }),
+    )
+}
+
+/// An inline query (no date of its own).
+pub fn inline_query(
+    update_id: i64,
+    query_id: &str,
+    user_id: i64,
+    name: &str,
+    query: &str,
+) -> Vec<u8> {
+    let from = user(user_id, name);
+    let content = serde_json::json!({"id": query_id, "from": from, "query": query, "offset": ""});
+    update(update_id, "inline_query", content)
+}
+
+/// A chosen inline result (no date of its own).
+pub fn chosen_inline_result(
+    update_id: i64,
+    result_id: &str,
+    user_id: i64,
+    name: &str,
+    query: &str,
+) -> Vec<u8> {
+    let from = user(user_id, name);
+    let content = serde_json::json!({"result_id": result_id, "from": from, "query": query});
+    update(update_id, "chosen_inline_result", content)
+}
+
+/// A poll's new state (no date of its own).
+pub fn poll(update_id: i64, poll_id: &str, question: &str, voters: i64) -> Vec<u8> {
+    let options = serde_json::json!([
+        {"text": "yes", "voter_count": voters},
+        {"text": "no", "voter_count": 0}
+    ]);
+    update(
+        update_id,
+        "poll",
+        serde_json::json!({
+            "id": poll_id, "question": question, "options": options,
+            "total_voter_count": voters, "is_closed": false, "is_anonymous": false,
+            "type": "regular", "allows_multiple_answers": false
+        }),
+    )
+}
+
+/// A user's answer to a poll (no date of its own; `[]` retracts the vote).
+pub fn poll_answer(
+    update_id: i64,
+    poll_id: &str,
+    user_id: i64,
+    name: &str,
+    options: &[i64],
+) -> Vec<u8> {
+    let voter = user(user_id, name);
+    let content = serde_json::json!({"poll_id": poll_id, "user": voter, "option_ids": options});
+    update(update_id, "poll_answer", content)
+}
+
 /// The fixture updates of the workspace's `tests/fixtures/updates`, `(file stem, bytes)`, sorted
 /// by name.
 pub fn fixtures() -> Vec<(String, Vec<u8>)> {

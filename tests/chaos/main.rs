@@ -529,15 +529,13 @@ async fn rebalance_storm_cooperative() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_restarts_killed_and_clean() {
-    let kind = match BrokerKind::from_env().unwrap() {
-        BrokerKind::External => {
-            eprintln!(
-                "SKIPPED with KAFKA_BROKERS: a test cannot restart an external broker; this scenario runs on Tansu"
-            );
-            return;
-        }
-        _ => BrokerKind::Tansu,
-    };
+    let from_env = BrokerKind::from_env().unwrap();
+    testkit::require_broker(
+        from_env,
+        &[BrokerKind::Mock, BrokerKind::HostedMock, BrokerKind::Tansu],
+        "a test cannot restart an external broker; this scenario runs on its own Tansu",
+    );
+    let kind = BrokerKind::Tansu;
     // Not a heavy scenario: Tansu's sqlite storage slows down as its file grows (at about 30 MB,
     // 100% of a core and produce requests timing out after 13 s), so 100k updates cannot pass
     // through it in reasonable time; the large run carries 10k.

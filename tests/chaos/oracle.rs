@@ -130,7 +130,9 @@ pub async fn judge(pipeline: &Pipeline) -> anyhow::Result<Verdict> {
             Violation::RowsAndDeadLetter { .. }
             | Violation::UnexpectedRawRow { .. }
             | Violation::DuplicateRawRow { .. }
-            | Violation::UnexpectedDeadLetter { .. } => verdict.duplicated += 1,
+            | Violation::UnexpectedDeadLetter { .. }
+            | Violation::TombstoneAndEffect { .. }
+            | Violation::UnexpectedTombstone { .. } => verdict.duplicated += 1,
             Violation::OffsetGap { .. } | Violation::OffsetNotAtLogEnd { .. } => {}
         }
         verdict.fail(format!("{violation:?}"));

@@ -15,9 +15,13 @@
 //!   ROLLBACK cannot be sent), so no pooled connection is ever left in an open transaction;
 //! - a COMMIT whose reply is lost is resolved with `pg_xact_status` of the transaction id noted
 //!   before COMMIT, on another connection — never guessed;
+//! - every batch transaction ends by its client-side deadline (twice the statement timeout): past
+//!   it the connection is abandoned and its backend terminated (`protocol`), and the write fails
+//!   as a timeout;
 //! - a deterministic error splits the batch in halves, each its own transaction, down to the
 //!   single record, which is retried without its `jsonb` payload and then dead-lettered with the
-//!   SQLSTATE; a transient error is returned to the caller unchanged for retry.
+//!   SQLSTATE; a transient error (a timeout included: the worker halves the batch) is returned to
+//!   the caller unchanged for retry.
 
 mod prepare;
 mod protocol;
@@ -27,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{Executor, PgPool};
+use tokio::time::timeout_at;
 
 pub use prepare::{Content, DatabaseErrorClass, DeadLetterClass, PreparedRecord};
 pub use protocol::WriteError;
@@ -252,13 +257,15 @@ impl BatchWriter {
             .last()
             .map_or(owner.next_offset, |r| r.record.offset + 1);
         let mut conn = self.transactions.acquire().await?;
-        let ids = match self.transactions.begin(&mut conn).await {
-            Ok(ids) => ids,
-            Err(e) => {
+        let deadline = self.transactions.deadline_from_now();
+        let ids = match timeout_at(deadline, self.transactions.begin(&mut conn)).await {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) => {
                 let e = WriteError::from_sqlx(e);
                 release_after_error(conn, &e).await;
                 return Err(e);
             }
+            Err(_) => return self.transactions.abandon(conn, None, false).await,
         };
         let rows = RecordWriter::new(
             &self.topic,
@@ -266,7 +273,7 @@ impl BatchWriter {
             self.processor_version,
             &self.schema,
         );
-        let body = async {
+        let body = timeout_at(deadline, async {
             let written = rows
                 .write_batch(&mut conn, records, plan)
                 .await
@@ -277,19 +284,30 @@ impl BatchWriter {
                 .await?;
             failpoints::delay("consumer::before_commit").await;
             Ok::<_, WriteError>(written)
-        }
+        })
         .await;
         let written = match body {
-            Ok(written) => written,
-            Err(e) => {
-                if let WriteError::Fenced { .. } = e {
+            Ok(Ok(written)) => written,
+            Ok(Err(e)) => {
+                if let WriteError::Fenced {
+                    stored: Some(stored),
+                } = &e
+                    && stored.owner_epoch > owner.owner_epoch
+                {
                     self.stats.fenced();
                 }
                 release_after_error(conn, &e).await;
                 return Err(e);
             }
+            Err(_) => {
+                // Past the deadline nothing was committed: the abandoned transaction is undone.
+                self.transactions.abandon(conn, Some(&ids), false).await?;
+                return Err(WriteError::Transient(crate::transaction::deadline_expired(
+                    self.transactions.deadline(),
+                )));
+            }
         };
-        self.transactions.commit(conn, &ids).await?;
+        self.transactions.commit(conn, &ids, deadline).await?;
         owner.next_offset = end;
         for (table, rows) in written {
             self.stats.rows_written(table, rows);

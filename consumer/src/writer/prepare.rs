@@ -95,11 +95,6 @@ impl PreparedRecord {
         };
         Self { record, content }
     }
-
-    /// `src_date` for rows of an update that carries no date: the producer's receive time.
-    pub(crate) fn fallback_src_date(&self) -> i64 {
-        self.record.received_at_ms().unwrap_or(0).div_euclid(1000)
-    }
 }
 
 #[cfg(test)]

@@ -4,17 +4,22 @@
 //! [`RecordWriter`] is the one writer of `raw_updates` and `dead_letters`: the batch writer and
 //! the dead-letter redrive both call it inside a transaction they hold, so both follow the same
 //! conflict rules. Guarantees: an equal payload delivered again is absorbed and a newer processor
-//! version is recorded; rows are written in the fixed table order raw_updates, the projections,
-//! dead_letters (the caller moves the offset last); a record that gets rows closes its open
-//! dead letter; a dead letter written again counts an attempt and reopens.
+//! version is recorded; rows are written in the fixed table order bot_update_epochs,
+//! raw_updates, the projections, dead_letters (tombstones are only read, before any write; the
+//! caller moves the offset last); every update is written with its update-id epoch
+//! (`crate::update_epochs`: a copy reuses its first copy's); a record that gets rows closes its
+//! open dead letter; a dead letter written again counts an attempt while it is open and never
+//! reopens once resolved (its record has rows); a record with a tombstone (an operator purged its
+//! letter) gets neither rows nor a dead letter, so a replay never undoes an operator's decision.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use processor::Normalized;
 use sqlx::PgConnection;
 
 use super::prepare::{Content, DeadLetterClass, PreparedRecord};
 use crate::projection::ProjectionSchema;
+use crate::update_epochs::{self, UpdateArrival};
 
 /// Where raw payloads are also stored as `jsonb`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +79,14 @@ impl<'a> RecordWriter<'a> {
         records: &[PreparedRecord],
         plan: Plan<'_>,
     ) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+        let tombstoned = self.tombstoned(conn, records).await?;
+        let records = records
+            .iter()
+            .filter(|r| !tombstoned.contains(&r.record.offset));
         let (updates, rejected): (Vec<&PreparedRecord>, Vec<Letter<'_>>) = match plan {
-            Plan::DeadLetter { class, text } => (
-                Vec::new(),
-                records.iter().map(|r| (r, class, text)).collect(),
-            ),
+            Plan::DeadLetter { class, text } => {
+                (Vec::new(), records.map(|r| (r, class, text)).collect())
+            }
             Plan::Normal | Plan::WithoutJsonb => {
                 let mut updates = Vec::new();
                 let mut rejected = Vec::new();
@@ -110,6 +118,29 @@ impl<'a> RecordWriter<'a> {
         Ok(written)
     }
 
+    /// The offsets among `records` that have a tombstone: their effect is decided.
+    async fn tombstoned(
+        &self,
+        conn: &mut PgConnection,
+        records: &[PreparedRecord],
+    ) -> Result<HashSet<i64>, sqlx::Error> {
+        let offsets = records.iter().map(|r| r.record.offset);
+        let (Some(first), Some(last)) = (offsets.clone().min(), offsets.max()) else {
+            return Ok(HashSet::new());
+        };
+        let found: Vec<i64> = sqlx::query_scalar(
+            "SELECT kafka_offset FROM tombstones \
+             WHERE topic = $1 AND partition = $2 AND kafka_offset BETWEEN $3 AND $4",
+        )
+        .bind(self.topic)
+        .bind(self.partition)
+        .bind(first)
+        .bind(last)
+        .fetch_all(conn)
+        .await?;
+        Ok(found.into_iter().collect())
+    }
+
     /// The `raw_updates` rows and projections of `updates` (records without an update are
     /// skipped). Leaves dead letters alone. Returns rows written per table.
     pub async fn write_updates(
@@ -118,13 +149,31 @@ impl<'a> RecordWriter<'a> {
         updates: &[&PreparedRecord],
         jsonb: JsonbPayload,
     ) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
-        let mut written = vec![("raw_updates", self.insert_raw(conn, updates, jsonb).await?)];
-        let normalized: Vec<(&Normalized, i64)> = updates
+        let updates: Vec<(&PreparedRecord, &Normalized)> = updates
             .iter()
             .filter_map(|r| match &r.content {
-                Content::Update(n) => Some((n.as_ref(), r.fallback_src_date())),
+                Content::Update(n) => Some((*r, n.as_ref())),
                 Content::Rejected { .. } => None,
             })
+            .collect();
+        let arrivals: Vec<UpdateArrival> = updates
+            .iter()
+            .map(|(r, n)| UpdateArrival {
+                bot_id: n.raw.bot_id,
+                update_id: n.raw.update_id,
+                payload_sha256: n.raw.payload_sha256,
+                received_at_ms: r.record.received_at_ms(),
+            })
+            .collect();
+        let epochs = update_epochs::assign(conn, &arrivals).await?;
+        let mut written = vec![(
+            "raw_updates",
+            self.insert_raw(conn, &updates, &epochs, jsonb).await?,
+        )];
+        let normalized: Vec<(&Normalized, i64)> = updates
+            .iter()
+            .zip(&epochs)
+            .map(|((_, n), epoch)| (*n, *epoch))
             .collect();
         written.extend(
             self.schema
@@ -134,20 +183,20 @@ impl<'a> RecordWriter<'a> {
         Ok(written)
     }
 
+    /// The `raw_updates` rows of `updates`, each with its update-id epoch (`epochs[i]`).
     async fn insert_raw(
         &self,
         conn: &mut PgConnection,
-        updates: &[&PreparedRecord],
+        updates: &[(&PreparedRecord, &Normalized)],
+        epochs: &[i64],
         jsonb: JsonbPayload,
     ) -> Result<u64, sqlx::Error> {
         // One row per key (the same bytes delivered twice in a batch), the earliest kept, sorted.
-        let mut by_key: HashMap<(i64, i64, [u8; 32]), &PreparedRecord> = HashMap::new();
-        for record in updates {
-            if let Content::Update(n) = &record.content {
-                by_key
-                    .entry((n.raw.bot_id, n.raw.update_id, n.raw.payload_sha256))
-                    .or_insert(record);
-            }
+        let mut by_key: HashMap<(i64, i64, [u8; 32]), (&PreparedRecord, i64)> = HashMap::new();
+        for ((record, n), epoch) in updates.iter().zip(epochs) {
+            by_key
+                .entry((n.raw.bot_id, n.raw.update_id, n.raw.payload_sha256))
+                .or_insert((record, *epoch));
         }
         let mut rows: Vec<_> = by_key.into_iter().collect();
         rows.sort_unstable_by_key(|row| row.0);
@@ -161,7 +210,8 @@ impl<'a> RecordWriter<'a> {
         let mut received = Vec::with_capacity(rows.len());
         let mut kafka_offsets = Vec::with_capacity(rows.len());
         let mut kafka_timestamps = Vec::with_capacity(rows.len());
-        for ((bot_id, update_id, hash), record) in &rows {
+        let mut update_epochs = Vec::with_capacity(rows.len());
+        for ((bot_id, update_id, hash), (record, epoch)) in &rows {
             let Content::Update(n) = &record.content else {
                 continue;
             };
@@ -174,20 +224,22 @@ impl<'a> RecordWriter<'a> {
             received.push(record.record.received_at_ms());
             kafka_offsets.push(record.record.offset);
             kafka_timestamps.push(record.record.timestamp_ms);
+            update_epochs.push(*epoch);
         }
         let result = sqlx::query(
             "INSERT INTO raw_updates AS r \
                  (bot_id, update_id, payload_sha256, update_type, payload_bytes, payload, \
                   received_at, kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, \
-                  processor_version) \
+                  processor_version, update_epoch) \
              SELECT u.bot_id, u.update_id, u.sha, u.update_type, u.bytes, \
                     CASE WHEN u.jsonb_ok THEN convert_from(u.bytes, 'UTF8')::jsonb END, \
                     to_timestamp(u.received_ms / 1000.0), $10, $11, u.kafka_offset, \
-                    to_timestamp(u.ts_ms / 1000.0), $12 \
+                    to_timestamp(u.ts_ms / 1000.0), $12, u.update_epoch \
              FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[], $4::text[], $5::bytea[], \
-                         $6::boolean[], $7::bigint[], $8::bigint[], $9::bigint[]) \
+                         $6::boolean[], $7::bigint[], $8::bigint[], $9::bigint[], \
+                         $13::bigint[]) \
                   AS u(bot_id, update_id, sha, update_type, bytes, jsonb_ok, received_ms, \
-                       kafka_offset, ts_ms) \
+                       kafka_offset, ts_ms, update_epoch) \
              ON CONFLICT (bot_id, update_id, payload_sha256) DO UPDATE \
                  SET processor_version = EXCLUDED.processor_version \
                  WHERE EXCLUDED.processor_version > r.processor_version",
@@ -204,6 +256,7 @@ impl<'a> RecordWriter<'a> {
         .bind(self.topic)
         .bind(self.partition)
         .bind(self.processor_version)
+        .bind(update_epochs)
         .execute(conn)
         .await?;
         Ok(result.rows_affected())
@@ -229,8 +282,9 @@ impl<'a> RecordWriter<'a> {
         Ok(())
     }
 
-    /// The `dead_letters` rows of `letters`; a letter already stored counts another attempt,
-    /// takes the new error and reopens. Returns rows written.
+    /// The `dead_letters` rows of `letters`; an open letter already stored counts another
+    /// attempt and takes the new error; a resolved one is left as it is (its record has rows, and
+    /// a replay must not give it an open letter too). Returns rows written.
     pub async fn write_dead_letters(
         &self,
         conn: &mut PgConnection,
@@ -264,8 +318,8 @@ impl<'a> RecordWriter<'a> {
                   AS u(kafka_offset, bot_id, record_key, payload, headers, error_class, error_text) \
              ON CONFLICT (topic, partition, kafka_offset) DO UPDATE \
                  SET last_seen = now(), attempts = d.attempts + 1, \
-                     error_class = EXCLUDED.error_class, error_text = EXCLUDED.error_text, \
-                     resolved_at = NULL",
+                     error_class = EXCLUDED.error_class, error_text = EXCLUDED.error_text \
+                 WHERE d.resolved_at IS NULL",
         )
         .bind(self.topic)
         .bind(self.partition)

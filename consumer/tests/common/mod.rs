@@ -1,11 +1,12 @@
 //! What the consumer's integration tests share beyond testkit: their consumer configuration
-//! (fast retries, frequent stats) and their logging.
+//! (fast retries, frequent stats), their logging, and a group of two members.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
-use consumer::ConsumerConfig;
-use testkit::{TestBroker, TestDb};
+use consumer::{ConsumerConfig, ConsumerStats};
+use testkit::sink::RunningConsumer;
+use testkit::{TestBroker, TestDb, wait_until};
 
 /// Logs to the test's captured output (once per process).
 pub fn init_tracing() {
@@ -27,4 +28,25 @@ pub fn config(broker: &TestBroker, group: &str, topic: &str) -> ConsumerConfig {
 pub async fn setup(partitions: i32) -> (TestDb, TestBroker, String, String) {
     init_tracing();
     testkit::sink::setup(partitions).await
+}
+
+/// Two consumers of one group on `db`, returned once the group has given both partitions:
+/// traffic produced earlier could be drained by the first before the second joins (seen on
+/// Tansu, whose group formation takes seconds).
+pub async fn two_members(
+    config: ConsumerConfig,
+    db: &TestDb,
+) -> (RunningConsumer, RunningConsumer) {
+    let a = RunningConsumer::start(config.clone(), db.pool().clone());
+    let b = RunningConsumer::start(config, db.pool().clone());
+    wait_until(
+        Duration::from_secs(45),
+        "both consumers own partitions",
+        || async {
+            ConsumerStats::get(&a.stats.assignments) > 0
+                && ConsumerStats::get(&b.stats.assignments) > 0
+        },
+    )
+    .await;
+    (a, b)
 }

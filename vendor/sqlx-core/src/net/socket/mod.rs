@@ -181,6 +181,16 @@ impl<S: Socket + ?Sized> Socket for Box<S> {
     }
 }
 
+/// tgingest patch: idle time before the first keepalive probe.
+pub const TCP_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+/// tgingest patch: time between keepalive probes.
+pub const TCP_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// tgingest patch: unanswered probes before the connection is dropped (idle dead peer found
+/// within 10 + 3 × 5 = 25 s).
+pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// tgingest patch: how long sent data may stay unacknowledged before the connection is dropped.
+pub const TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn connect_tcp<Ws: WithSocket>(
     host: &str,
     port: u16,
@@ -192,6 +202,18 @@ pub async fn connect_tcp<Ws: WithSocket>(
         // algorithm delays the small messages of the extended query protocol by up to 40 ms.
         let stream = tokio::net::TcpStream::connect((host, port)).await?;
         stream.set_nodelay(true)?;
+        // tgingest patch: a connection dropped silently (a failed host, a firewall losing its
+        // state) must end in an error, not a wait for ever. Keepalive probes find an idle dead
+        // peer; TCP_USER_TIMEOUT ends a connection whose sent data stays unacknowledged.
+        let socket = socket2::SockRef::from(&stream);
+        socket.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(TCP_KEEPALIVE_IDLE)
+                .with_interval(TCP_KEEPALIVE_INTERVAL)
+                .with_retries(TCP_KEEPALIVE_RETRIES),
+        )?;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT))?;
         return Ok(with_socket.with_socket(stream).await);
     }
 
