@@ -32,6 +32,7 @@ pub mod telegram;
 pub mod update;
 
 mod backoff;
+mod bot_unit;
 mod poller;
 mod publisher;
 mod supervision;
@@ -55,8 +56,9 @@ pub use readiness::{KAFKA_CHECK, NoReadiness, Readiness};
 pub use telegram::{BotClient, TelegramError};
 pub use webhook::{SECRET_HEADER, webhook_path};
 
+use crate::bot_unit::BotUnit;
 use crate::poller::PollContext;
-use crate::supervision::{BotIntake, BotUnit, StartupVerdicts, WebhookBot};
+use crate::supervision::{BotIntake, StartupVerdicts, WebhookBot};
 use crate::telegram::SHORT_CALL_TIMEOUT;
 use crate::webhook_info::WebhookWatch;
 

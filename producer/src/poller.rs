@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::bot_unit::BotUnit;
 use crate::config::{BackoffPolicy, PollingConfig};
 use crate::metrics;
 use crate::publisher::Publisher;
-use crate::supervision::BotUnit;
 use crate::telegram::{BotClient, SHORT_CALL_TIMEOUT, TelegramError};
 use crate::update::{OutgoingRecord, record_for};
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::bot_unit::{BotUnit, sleep_or_stop};
 use crate::metrics;
-use crate::supervision::{BotUnit, sleep_or_stop};
 use crate::telegram::{BotClient, TelegramError};
 
 /// The webhook's deliveries as this process saw them, shared by the endpoint and the readers.
