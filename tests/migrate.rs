@@ -17,6 +17,8 @@ const PROTOCOL_TABLES: &[&str] = &[
     "dead_letters",
     "consumer_offsets",
     "offset_gaps",
+    // The partitions each consumer group started with (CONSUMER_START=latest applies to those).
+    "consumer_group_starts",
     // sqlx's ledger of applied migrations.
     "_sqlx_migrations",
 ];

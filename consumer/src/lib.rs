@@ -44,6 +44,7 @@ const PROTOCOL_TABLES: &[&str] = &[
     "consumer_offsets",
     "dead_letters",
     "offset_gaps",
+    "consumer_group_starts",
 ];
 
 /// Runs the consumer until `shutdown` is cancelled: joins the group, works every assigned
