@@ -276,7 +276,10 @@ impl OffsetStore {
     /// topic's count now, is recorded; a concurrent first start records one count and both read
     /// it back. `None` for a group that has offsets rows but no recorded set (it started before
     /// the set was kept, or a replay made its rows): then no partition is known to predate it.
-    pub async fn start_partitions(&self, topic_partitions: i32) -> Result<Option<i32>, sqlx::Error> {
+    pub async fn start_partitions(
+        &self,
+        topic_partitions: i32,
+    ) -> Result<Option<i32>, sqlx::Error> {
         let deadline = self.deadline();
         let mut conn = self.begin_bounded(deadline).await?;
         let statements = async {
