@@ -17,6 +17,7 @@ pub mod config;
 mod failpoints;
 mod group;
 pub mod offsets;
+pub mod privileges;
 pub mod projection;
 pub mod readiness;
 pub mod record;
@@ -51,7 +52,7 @@ const PROTOCOL_TABLES: &[&str] = &[
 /// partition, and on shutdown finishes in-flight batches, leaves the group and returns `Ok`.
 ///
 /// Fails at startup, with one line naming the problem, on an invalid configuration, a schema
-/// that lacks what this build writes, or a missing topic.
+/// that lacks what this build writes, a database role that may not write it, or a missing topic.
 ///
 /// Runs on the caller's (multi-thread) tokio runtime plus one OS thread that polls the group
 /// consumer. Size `pool` for one connection per partition this process may own, plus two (idle
@@ -94,6 +95,12 @@ pub async fn run_with_stats(
             bail!("table {table} is missing: run `tgingest migrate` first");
         }
     }
+    let written: Vec<&str> = PROTOCOL_TABLES
+        .iter()
+        .copied()
+        .chain(projection::ProjectionTable::ALL.iter().map(|t| t.name()))
+        .collect();
+    privileges::check(&pool, &written).await?;
     let schema = Arc::new(
         projection::ProjectionSchema::load(&pool)
             .await

@@ -165,7 +165,7 @@ async fn broker_latest_skips_history_only_in_partitions_the_group_started_with()
     .bind(&topic)
     .execute(db.pool())
     .await
-    .unwrap();
+    .expect("seeding the partitions the group started with");
     let before = produce(&broker.client_config(), &topic, &messages(1, 120, 4)).await;
     let mut config = config(&broker, &group, &topic);
     config.start_policy = consumer::StartPolicy::Latest;
@@ -194,7 +194,7 @@ async fn broker_latest_skips_history_only_in_partitions_the_group_started_with()
     )
     .fetch_all(db.pool())
     .await
-    .unwrap();
+    .expect("counting the history written");
     let history_in_new: Vec<(i32, i64)> = [2, 3]
         .into_iter()
         .map(|p| (p, before.iter().filter(|r| r.partition == p).count() as i64))
