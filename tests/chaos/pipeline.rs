@@ -157,18 +157,7 @@ impl Pipeline {
                 sqlx::query("CREATE DATABASE chaos").execute(&admin).await?;
                 admin.close().await;
                 let url = cluster.url("chaos");
-                let migrate = Command::new(env!("CARGO_BIN_EXE_tgingest"))
-                    .arg("migrate")
-                    .env("DATABASE_URL", &url)
-                    .env_remove("DATABASE_URL_FILE")
-                    .output()
-                    .context("running tgingest migrate")?;
-                if !migrate.status.success() {
-                    bail!(
-                        "tgingest migrate failed: {}",
-                        String::from_utf8_lossy(&migrate.stderr)
-                    );
-                }
+                migrate(&url, None)?;
                 let pool = PgPoolOptions::new()
                     .max_connections(4)
                     .connect(&url)
@@ -678,6 +667,27 @@ fn db_pool(db: &Db) -> &PgPool {
     }
 }
 
+/// Runs `tgingest migrate` on `url`, granting `consumer_role` when given.
+fn migrate(url: &str, consumer_role: Option<&str>) -> anyhow::Result<()> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tgingest"));
+    command
+        .arg("migrate")
+        .env("DATABASE_URL", url)
+        .env_remove("DATABASE_URL_FILE")
+        .env_remove("CONSUMER_ROLE");
+    if let Some(role) = consumer_role {
+        command.env("CONSUMER_ROLE", role);
+    }
+    let out = command.output().context("running tgingest migrate")?;
+    if !out.status.success() {
+        bail!(
+            "tgingest migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Creates a login role and has `tgingest migrate` grant it what the consumer needs (the
 /// recommended setup: docs/OPERATIONS.md, "Database roles"), then proves it cannot create, alter
 /// or drop anything; returns (its URL with a password, its name, the password).
@@ -693,19 +703,7 @@ async fn least_privilege_role(
     .execute(pool)
     .await
     .context("creating the least-privilege role")?;
-    let migrate = Command::new(env!("CARGO_BIN_EXE_tgingest"))
-        .arg("migrate")
-        .env("DATABASE_URL", owner_url)
-        .env("CONSUMER_ROLE", &role)
-        .env_remove("DATABASE_URL_FILE")
-        .output()
-        .context("running tgingest migrate with CONSUMER_ROLE")?;
-    if !migrate.status.success() {
-        bail!(
-            "tgingest migrate with CONSUMER_ROLE failed: {}",
-            String::from_utf8_lossy(&migrate.stderr)
-        );
-    }
+    migrate(owner_url, Some(&role))?;
     let mut url = url::Url::parse(owner_url)?;
     url.set_username(&role)
         .map_err(|()| anyhow::anyhow!("bad URL"))?;
