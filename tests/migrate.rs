@@ -311,6 +311,17 @@ async fn migrate_grants_the_consumer_role_exactly_select_insert_update_and_nothi
             && err.contains("does not exist"),
         "{err}"
     );
+    let owner = migrate_granting(db.url(), Some("postgres"));
+    assert_eq!(
+        owner.status.code(),
+        Some(1),
+        "the owner cannot be the consumer's role"
+    );
+    assert!(
+        String::from_utf8_lossy(&owner.stderr).contains("is the role running migrate"),
+        "{}",
+        String::from_utf8_lossy(&owner.stderr)
+    );
     drop_role(&db, &role).await;
 }
 

@@ -43,15 +43,24 @@ pub async fn grant(pool: &PgPool, role: &str) -> anyhow::Result<GrantReport> {
             "CONSUMER_ROLE: role {role:?} does not exist (create it first; migrate never creates roles)"
         );
     }
-    let (quoted_role, schema, quoted_schema, quoted_db): (String, String, String, String) =
-        sqlx::query_as(
-            "SELECT quote_ident($1), current_schema()::text, quote_ident(current_schema()), \
-                    quote_ident(current_database())",
-        )
-        .bind(role)
-        .fetch_one(pool)
-        .await
-        .context("reading the current schema")?;
+    let (me, quoted_role, schema, quoted_schema, quoted_db): (
+        String,
+        String,
+        String,
+        String,
+        String,
+    ) = sqlx::query_as(
+        "SELECT current_user::text, quote_ident($1), current_schema()::text, \
+                    quote_ident(current_schema()), quote_ident(current_database())",
+    )
+    .bind(role)
+    .fetch_one(pool)
+    .await
+    .context("reading the current schema")?;
+    if me == role {
+        // Revoking "everything else" from the owner would take its own tables away from it.
+        bail!("CONSUMER_ROLE: {role:?} is the role running migrate; name the consumer's own role");
+    }
     let relations: Vec<(String, bool)> = sqlx::query_as(
         "SELECT c.relname::text, c.relkind IN ('r', 'p') AND c.relname <> '_sqlx_migrations' \
            FROM pg_class c \
