@@ -67,6 +67,11 @@ pub enum Command {
 pub struct MigrateArgs {
     #[command(flatten)]
     pub check: CheckConfig,
+    /// An existing role the consumer logs in as: migrate grants it exactly what the consumer
+    /// needs (SELECT, INSERT, UPDATE on the schema's tables; no DELETE, DDL or TEMP), now and
+    /// for tables later migrations add.
+    #[arg(long = "grant-to", env = "CONSUMER_ROLE")]
+    pub grant_to: Option<String>,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -183,10 +188,16 @@ pub async fn run(command: Command, env: &dyn Env) -> Result<(), CommandError> {
     match command {
         Command::Migrate(args) => {
             let database = args.database.resolve(env, None, "tgingest-migrate")?;
+            let grant_to = match args.grant_to.as_deref().map(str::trim) {
+                Some("") => {
+                    return Err(ConfigError::new("CONSUMER_ROLE", "must name a role").into());
+                }
+                other => other,
+            };
             if args.check.check_config {
                 return config_ok("migrate");
             }
-            crate::db::run_migrate_command(&database).await?;
+            crate::db::run_migrate_command(&database, grant_to).await?;
         }
         Command::Producer(args) => {
             let config = args.resolve(env)?;

@@ -3,6 +3,7 @@
 //! The migrations in `migrations/` are embedded in the binary. `tgingest migrate` applies the
 //! missing ones (idempotently: a second run changes nothing); every other command refuses to start
 //! against a schema older than the one it was built for, with one line saying to run `migrate`.
+//! With `CONSUMER_ROLE`, `migrate` also grants that existing role what the consumer needs.
 
 use std::collections::BTreeSet;
 
@@ -95,8 +96,12 @@ async fn applied_versions(pool: &PgPool) -> anyhow::Result<BTreeSet<i64>> {
     Ok(versions.into_iter().collect())
 }
 
-/// `tgingest migrate`: applies the schema and reports what it did.
-pub async fn run_migrate_command(config: &DatabaseConfig) -> anyhow::Result<()> {
+/// `tgingest migrate`: applies the schema, grants the consumer's role (when named) exactly what
+/// the consumer needs ([`consumer::privileges::grant`]), and reports what it did.
+pub async fn run_migrate_command(
+    config: &DatabaseConfig,
+    consumer_role: Option<&str>,
+) -> anyhow::Result<()> {
     let pool = connect(config).await?;
     let report = migrate(&pool).await?;
     if report.applied_now.is_empty() {
@@ -111,6 +116,17 @@ pub async fn run_migrate_command(config: &DatabaseConfig) -> anyhow::Result<()> 
             report.applied_now,
             describe(config)
         );
+    }
+    if let Some(role) = consumer_role {
+        let report = consumer::privileges::grant(&pool, role).await?;
+        println!(
+            "granted role {role:?} SELECT, INSERT, UPDATE on {} tables and SELECT on {} more",
+            report.writable.len(),
+            report.readable.len()
+        );
+        for warning in &report.warnings {
+            eprintln!("warning: {warning}");
+        }
     }
     pool.close().await;
     Ok(())

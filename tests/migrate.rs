@@ -1,12 +1,19 @@
 //! `tgingest migrate` against a real PostgreSQL: it creates exactly the projection registry's
-//! tables plus the protocol tables in an empty database, and a second run changes nothing.
+//! tables plus the protocol tables in an empty database, and a second run changes nothing; with
+//! `CONSUMER_ROLE` it grants that role exactly what the consumer needs, and a consumer logged in
+//! as it writes, or refuses to start with one line naming what it lacks.
 
 use std::collections::BTreeSet;
 use std::process::Command;
+use std::time::Duration;
 
 use consumer::projection::ProjectionTable;
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use testkit::invariants::assert_invariants;
 use testkit::pg::TestDb;
+use testkit::sink::{RunningConsumer, wait_for_log_end};
+use testkit::updates::{messages, produce};
 
 /// What the migrations create besides the projection tables, spelled here independently of the
 /// code that writes them.
@@ -21,18 +28,102 @@ const PROTOCOL_TABLES: &[&str] = &[
     "bot_update_epochs",
     // Records an operator decided get neither rows nor a dead letter (purged, …).
     "tombstones",
+    // The partitions each consumer group started with (CONSUMER_START=latest applies to those).
+    "consumer_group_starts",
     // sqlx's ledger of applied migrations.
     "_sqlx_migrations",
 ];
 
 fn migrate(url: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tgingest"))
+    migrate_granting(url, None)
+}
+
+/// `tgingest migrate`, with `CONSUMER_ROLE` set to `role` when given.
+fn migrate_granting(url: &str, role: Option<&str>) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tgingest"));
+    command
         .arg("migrate")
         .env("DATABASE_URL", url)
         .env("DATABASE_ACQUIRE_TIMEOUT", "2s")
         .env_remove("DATABASE_URL_FILE")
-        .output()
-        .expect("running tgingest migrate")
+        .env_remove("CONSUMER_ROLE");
+    if let Some(role) = role {
+        command.env("CONSUMER_ROLE", role);
+    }
+    command.output().expect("running tgingest migrate")
+}
+
+/// A new login role with no privileges (roles are server-wide: [`drop_role`] it after).
+async fn create_role(db: &TestDb) -> String {
+    let role = format!("tgingest_consumer_{}", testkit::random_suffix(8));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE ROLE \"{role}\" LOGIN")))
+        .execute(db.pool())
+        .await
+        .expect("creating a role");
+    role
+}
+
+/// Removes `role`'s grants and default privileges in `db`, then the role.
+async fn drop_role(db: &TestDb, role: &str) {
+    for statement in [
+        format!("DROP OWNED BY \"{role}\""),
+        format!("DROP ROLE \"{role}\""),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(db.pool())
+            .await
+            .expect("dropping the role");
+    }
+}
+
+/// Migrates `db` granting a new role, and returns the role and a pool logged in as it.
+async fn granted_role(db: &TestDb) -> (String, PgPool) {
+    let role = create_role(db).await;
+    let out = migrate_granting(db.url(), Some(&role));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let options: PgConnectOptions = db.pool().connect_options().as_ref().clone().username(&role);
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .expect("logging in as the role");
+    (role, pool)
+}
+
+/// The tables the consumer writes: every projection and protocol table but the view and the
+/// migration ledger.
+fn written_tables() -> Vec<&'static str> {
+    ProjectionTable::ALL
+        .iter()
+        .map(|t| t.name())
+        .chain(PROTOCOL_TABLES.iter().copied())
+        .filter(|t| !matches!(*t, "raw_update_collisions" | "_sqlx_migrations"))
+        .collect()
+}
+
+async fn has(pool: &PgPool, sql: &str, role: &str, object: &str, privilege: &str) -> bool {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(role)
+        .bind(object)
+        .bind(privilege)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql} {object} {privilege}: {e}"))
+}
+
+async fn has_table(pool: &PgPool, role: &str, table: &str, privilege: &str) -> bool {
+    has(
+        pool,
+        "SELECT has_table_privilege($1, $2, $3)",
+        role,
+        table,
+        privilege,
+    )
+    .await
 }
 
 /// Every table, column, index and constraint of the public schema, as sorted text.
@@ -124,4 +215,168 @@ async fn migrate_against_an_unreachable_server_fails_with_one_line_naming_it() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn migrate_grants_the_consumer_role_exactly_select_insert_update_and_nothing_else() {
+    let db = TestDb::create_empty().await.expect("fresh database");
+    let role = create_role(&db).await;
+    let out = migrate_granting(db.url(), Some(&role));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = db.pool();
+    for table in written_tables() {
+        for privilege in ["SELECT", "INSERT", "UPDATE"] {
+            assert!(
+                has_table(pool, &role, table, privilege).await,
+                "{privilege} on {table}"
+            );
+        }
+        for privilege in ["DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"] {
+            assert!(
+                !has_table(pool, &role, table, privilege).await,
+                "{privilege} on {table} must not be granted"
+            );
+        }
+    }
+    for relation in ["raw_update_collisions", "_sqlx_migrations"] {
+        assert!(
+            has_table(pool, &role, relation, "SELECT").await,
+            "{relation}"
+        );
+        assert!(
+            !has_table(pool, &role, relation, "INSERT").await,
+            "INSERT on {relation} must not be granted"
+        );
+    }
+    assert!(
+        has(
+            pool,
+            "SELECT has_sequence_privilege($1, $2, $3)",
+            &role,
+            "dead_letters_id_seq",
+            "USAGE"
+        )
+        .await
+    );
+    let (temp, create_in_db, create_in_schema): (bool, bool, bool) = sqlx::query_as(
+        "SELECT has_database_privilege($1, current_database(), 'TEMPORARY'), \
+                has_database_privilege($1, current_database(), 'CREATE'), \
+                has_schema_privilege($1, 'public', 'CREATE')",
+    )
+    .bind(&role)
+    .fetch_one(pool)
+    .await
+    .expect("reading the database privileges");
+    assert!(!temp, "TEMP must not be granted (not even through PUBLIC)");
+    assert!(!create_in_db && !create_in_schema, "no DDL");
+
+    // A table a later migration adds, created by the same owner, is covered by default.
+    sqlx::query("CREATE TABLE added_by_a_later_migration (id bigserial PRIMARY KEY)")
+        .execute(pool)
+        .await
+        .expect("creating a table as the owner");
+    for (privilege, granted) in [
+        ("SELECT", true),
+        ("INSERT", true),
+        ("UPDATE", true),
+        ("DELETE", false),
+    ] {
+        assert_eq!(
+            has_table(pool, &role, "added_by_a_later_migration", privilege).await,
+            granted,
+            "{privilege} on a later table"
+        );
+    }
+    assert!(
+        has(
+            pool,
+            "SELECT has_sequence_privilege($1, $2, $3)",
+            &role,
+            "added_by_a_later_migration_id_seq",
+            "USAGE"
+        )
+        .await
+    );
+    sqlx::query("DROP TABLE added_by_a_later_migration")
+        .execute(pool)
+        .await
+        .expect("dropping the table");
+
+    let absent = migrate_granting(db.url(), Some("tgingest_no_such_role"));
+    assert_eq!(absent.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&absent.stderr);
+    assert!(
+        err.contains("CONSUMER_ROLE")
+            && err.contains("tgingest_no_such_role")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+    let owner = migrate_granting(db.url(), Some("postgres"));
+    assert_eq!(
+        owner.status.code(),
+        Some(1),
+        "the owner cannot be the consumer's role"
+    );
+    assert!(
+        String::from_utf8_lossy(&owner.stderr).contains("is the role running migrate"),
+        "{}",
+        String::from_utf8_lossy(&owner.stderr)
+    );
+    drop_role(&db, &role).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_a_consumer_logged_in_as_the_granted_role_writes_its_batches() {
+    testkit::init_tracing("consumer=info,warn");
+    let (db, broker, topic, group) = testkit::sink::setup(2).await;
+    let (role, as_role) = granted_role(&db).await;
+    let manifest = produce(&broker.client_config(), &topic, &messages(1, 60, 2)).await;
+    let consumer = RunningConsumer::start(
+        testkit::sink::config(&broker, &group, &topic),
+        as_role.clone(),
+    );
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(45)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
+    consumer.stop().await;
+    as_role.close().await;
+    drop_role(&db, &role).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_a_consumer_whose_role_lacks_one_privilege_exits_with_one_line_naming_it() {
+    testkit::init_tracing("consumer=info,warn");
+    let (db, broker, topic, group) = testkit::sink::setup(1).await;
+    let (role, as_role) = granted_role(&db).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "REVOKE UPDATE ON consumer_offsets FROM \"{role}\""
+    )))
+    .execute(db.pool())
+    .await
+    .expect("revoking one privilege");
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        consumer::run(
+            testkit::sink::config(&broker, &group, &topic),
+            as_role.clone(),
+            tokio_util::sync::CancellationToken::new(),
+            std::sync::Arc::new(consumer::NoReadiness),
+        ),
+    )
+    .await
+    .expect("the consumer stops at startup instead of retrying 42501");
+    let err = format!(
+        "{:#}",
+        result.expect_err("a missing privilege fails startup")
+    );
+    assert!(!err.contains('\n'), "one line: {err}");
+    assert!(
+        err.contains("lacks UPDATE on table consumer_offsets") && err.contains(&role),
+        "{err}"
+    );
+    as_role.close().await;
+    drop_role(&db, &role).await;
 }

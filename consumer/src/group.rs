@@ -3,8 +3,9 @@
 //!
 //! Guarantees (DESIGN.md §5.1, §5.7, §7):
 //! - on Assign, each partition is taken over with the atomic ownership statement *before* it is
-//!   assigned, and fetching starts at the stored `next_offset` (or the start policy's watermark
-//!   for a partition with no row) — never at the Kafka mirror; its queue is split off before the
+//!   assigned, and fetching starts at the stored `next_offset` (or, for a partition with no row,
+//!   the start policy's watermark if the group started with it, else the log start) — never at
+//!   the Kafka mirror; its queue is split off before the
 //!   assign (the split survives assigns: librdkafka marks it application-forwarded), so its
 //!   records reach only its worker;
 //! - on Revoke (and on close), the partitions' workers are cancelled and awaited together (bounded
@@ -268,14 +269,32 @@ impl SinkContext {
         }
     }
 
-    /// Where a partition without a stored offset starts: the watermark the policy names.
+    /// Where a partition without a stored offset starts: the watermark the policy names for a
+    /// partition the group started with, the log start for one added later (its records may
+    /// predate the group noticing it; DESIGN.md §5.10).
     fn initial_offset(&self, consumer: &BaseConsumer<Self>, partition: i32) -> anyhow::Result<i64> {
+        let shared = &self.shared;
+        let timeout = Duration::from_secs(10);
         let (low, high) = consumer
-            .fetch_watermarks(&self.shared.topic, partition, Duration::from_secs(10))
+            .fetch_watermarks(&shared.topic, partition, timeout)
             .with_context(|| format!("fetching the watermarks of partition {partition}"))?;
-        Ok(match self.shared.config.start_policy {
-            StartPolicy::Earliest => low,
-            StartPolicy::Latest => high,
+        let metadata = consumer
+            .fetch_metadata(Some(&shared.topic), timeout)
+            .with_context(|| format!("fetching the metadata of topic {}", shared.topic))?;
+        let topic_partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| *t.name() == *shared.topic)
+            .map_or(0, |t| t.partitions().len());
+        let topic_partitions = i32::try_from(topic_partitions).unwrap_or(i32::MAX);
+        let started_with = shared
+            .handle
+            .block_on(shared.store.start_partitions(topic_partitions))
+            .context("reading the partitions the group started with")?;
+        let predates_group = started_with.is_some_and(|count| partition < count);
+        Ok(match shared.config.start_policy {
+            StartPolicy::Latest if predates_group => high,
+            StartPolicy::Latest | StartPolicy::Earliest => low,
         })
     }
 

@@ -12,18 +12,19 @@
 //! exactly-once checker of the test kit (`testkit::invariants`), which this crate never depends on.
 
 mod budget;
-pub mod classify;
+mod classify;
 pub mod config;
 mod failpoints;
 mod group;
 pub mod offsets;
 pub mod ops;
+pub mod privileges;
 pub mod projection;
-pub mod readiness;
+mod readiness;
 pub mod record;
-pub mod stats;
+mod stats;
 mod transaction;
-pub mod update_epochs;
+mod update_epochs;
 mod worker;
 pub mod writer;
 
@@ -47,13 +48,15 @@ const PROTOCOL_TABLES: &[&str] = &[
     "dead_letters",
     "offset_gaps",
     "tombstones",
+    "consumer_group_starts",
+    "bot_update_epochs",
 ];
 
 /// Runs the consumer until `shutdown` is cancelled: joins the group, works every assigned
 /// partition, and on shutdown finishes in-flight batches, leaves the group and returns `Ok`.
 ///
 /// Fails at startup, with one line naming the problem, on an invalid configuration, a schema
-/// that lacks what this build writes, or a missing topic.
+/// that lacks what this build writes, a database role that may not write it, or a missing topic.
 ///
 /// Runs on the caller's (multi-thread) tokio runtime plus one OS thread that polls the group
 /// consumer. Size `pool` for one connection per partition this process may own, plus two (idle
@@ -96,6 +99,12 @@ pub async fn run_with_stats(
             bail!("table {table} is missing: run `tgingest migrate` first");
         }
     }
+    let written: Vec<&str> = PROTOCOL_TABLES
+        .iter()
+        .copied()
+        .chain(projection::ProjectionTable::ALL.iter().map(|t| t.name()))
+        .collect();
+    privileges::check(&pool, &written).await?;
     let schema = Arc::new(
         projection::ProjectionSchema::load(&pool)
             .await

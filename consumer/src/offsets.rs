@@ -7,7 +7,9 @@
 //! so the current owner re-seeks instead of being fenced; [`advance`] only moves the offset of
 //! the exact (offset, epoch, rewind_seq) the caller observed; [`OffsetStore::reown`] takes a
 //! partition back (DESIGN.md §5.9) to one past the greater of the stored and the caller's epoch,
-//! and only from the exact row the caller observed, so two members never leapfrog each other.
+//! and only from the exact row the caller observed, so two members never leapfrog each other;
+//! [`OffsetStore::start_partitions`] records, once per group and topic, the partitions the group
+//! started with (`consumer_group_starts`), and every caller reads back the same count.
 //! Every statement of the worker's path runs within the client-side deadline
 //! ([`transaction::deadline`]); past it the connection is abandoned, never awaited. Every
 //! statement on `consumer_offsets` lives in this module: the worker's, the operator commands'
@@ -277,6 +279,45 @@ impl OffsetStore {
         let result = timeout_at(deadline, statement.fetch_optional(&mut *conn)).await;
         let row: Option<(i64, i64, i64)> = self.finish(conn, deadline, result).await?;
         Ok(row.map(|row| Ownership::from_row(partition, row)))
+    }
+
+    /// The number of partitions the group started with (`consumer_group_starts`): the policy of
+    /// `CONSUMER_START` applies to partitions below it only (DESIGN.md §5.10). At the group's
+    /// first ownership (no offsets row of this group and topic at all) `topic_partitions`, the
+    /// topic's count now, is recorded; a concurrent first start records one count and both read
+    /// it back. `None` for a group that has offsets rows but no recorded set (it started before
+    /// the set was kept, or a replay made its rows): then no partition is known to predate it.
+    pub async fn start_partitions(
+        &self,
+        topic_partitions: i32,
+    ) -> Result<Option<i32>, sqlx::Error> {
+        let deadline = self.deadline();
+        let mut conn = self.begin_bounded(deadline).await?;
+        let statements = async {
+            sqlx::query(
+                "INSERT INTO consumer_group_starts (group_id, topic, partition_count) \
+                 SELECT $1, $2, $3 WHERE NOT EXISTS \
+                     (SELECT 1 FROM consumer_offsets WHERE group_id = $1 AND topic = $2) \
+                 ON CONFLICT (group_id, topic) DO NOTHING",
+            )
+            .bind(&self.group_id)
+            .bind(&self.topic)
+            .bind(topic_partitions)
+            .execute(&mut *conn)
+            .await?;
+            // A new statement, so a new snapshot (READ COMMITTED): it sees the row a concurrent
+            // first start committed while the insert above waited on it.
+            sqlx::query_scalar(
+                "SELECT partition_count FROM consumer_group_starts \
+                 WHERE group_id = $1 AND topic = $2",
+            )
+            .bind(&self.group_id)
+            .bind(&self.topic)
+            .fetch_optional(&mut *conn)
+            .await
+        };
+        let result = timeout_at(deadline, statements).await;
+        self.finish(conn, deadline, result).await
     }
 
     /// Reads the partition's row, within the client-side deadline.

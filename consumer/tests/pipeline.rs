@@ -154,6 +154,59 @@ async fn broker_a_restart_resumes_from_stored_offsets_without_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_latest_skips_history_only_in_partitions_the_group_started_with() {
+    // Neither test broker can add partitions: a group that started when the topic had two is
+    // seeded instead, and partitions 2 and 3 play the ones added since.
+    let (db, broker, topic, group) = setup(4).await;
+    sqlx::query(
+        "INSERT INTO consumer_group_starts (group_id, topic, partition_count) VALUES ($1, $2, 2)",
+    )
+    .bind(&group)
+    .bind(&topic)
+    .execute(db.pool())
+    .await
+    .expect("seeding the partitions the group started with");
+    let before = produce(&broker.client_config(), &topic, &messages(1, 120, 4)).await;
+    let mut config = config(&broker, &group, &topic);
+    config.start_policy = consumer::StartPolicy::Latest;
+    let consumer = RunningConsumer::start(config, db.pool().clone());
+    // The older partitions start at their log end; only then is anything produced to them.
+    let old_ends: std::collections::BTreeMap<i32, i64> = testkit::sink::log_ends(&before)
+        .into_iter()
+        .filter(|(p, _)| *p < 2)
+        .collect();
+    assert_eq!(old_ends.len(), 2, "the history covers partitions 0 and 1");
+    testkit::sink::wait_for_offsets(db.pool(), &group, &old_ends, Duration::from_secs(45)).await;
+    let after = produce(&broker.client_config(), &topic, &messages(1_000, 120, 4)).await;
+
+    let everything: Vec<_> = before.iter().chain(&after).cloned().collect();
+    wait_for_log_end(db.pool(), &group, &everything, Duration::from_secs(45)).await;
+    let expected: Vec<_> = before
+        .iter()
+        .filter(|r| r.partition >= 2)
+        .chain(&after)
+        .cloned()
+        .collect();
+    assert_invariants(db.pool(), &group, &expected).await;
+    let history_written: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT kafka_partition, count(*) FROM raw_updates \
+         WHERE update_id < 1000 GROUP BY kafka_partition ORDER BY 1",
+    )
+    .fetch_all(db.pool())
+    .await
+    .expect("counting the history written");
+    let history_in_new: Vec<(i32, i64)> = [2, 3]
+        .into_iter()
+        .map(|p| (p, before.iter().filter(|r| r.partition == p).count() as i64))
+        .collect();
+    assert_eq!(
+        history_written, history_in_new,
+        "records produced before the start land in the partitions added since, and only there"
+    );
+    consumer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_an_exhausted_inflight_budget_still_drains_every_partition_exactly_once() {
     // A budget of one byte: a worker may take one record past it, so every batch holds exactly
     // one record, workers of six partitions take turns, and nothing waits for a linger.

@@ -157,18 +157,7 @@ impl Pipeline {
                 sqlx::query("CREATE DATABASE chaos").execute(&admin).await?;
                 admin.close().await;
                 let url = cluster.url("chaos");
-                let migrate = Command::new(env!("CARGO_BIN_EXE_tgingest"))
-                    .arg("migrate")
-                    .env("DATABASE_URL", &url)
-                    .env_remove("DATABASE_URL_FILE")
-                    .output()
-                    .context("running tgingest migrate")?;
-                if !migrate.status.success() {
-                    bail!(
-                        "tgingest migrate failed: {}",
-                        String::from_utf8_lossy(&migrate.stderr)
-                    );
-                }
+                migrate(&url, None)?;
                 let pool = PgPoolOptions::new()
                     .max_connections(4)
                     .connect(&url)
@@ -678,34 +667,43 @@ fn db_pool(db: &Db) -> &PgPool {
     }
 }
 
-/// Creates a login role that may read and write the schema's tables but not create, alter or
-/// drop anything, and returns (its URL with a password, its name, the password).
+/// Runs `tgingest migrate` on `url`, granting `consumer_role` when given.
+fn migrate(url: &str, consumer_role: Option<&str>) -> anyhow::Result<()> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tgingest"));
+    command
+        .arg("migrate")
+        .env("DATABASE_URL", url)
+        .env_remove("DATABASE_URL_FILE")
+        .env_remove("CONSUMER_ROLE");
+    if let Some(role) = consumer_role {
+        command.env("CONSUMER_ROLE", role);
+    }
+    let out = command.output().context("running tgingest migrate")?;
+    if !out.status.success() {
+        bail!(
+            "tgingest migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Creates a login role and has `tgingest migrate` grant it what the consumer needs (the
+/// recommended setup: docs/OPERATIONS.md, "Database roles"), then proves it cannot create, alter
+/// or drop anything; returns (its URL with a password, its name, the password).
 async fn least_privilege_role(
     pool: &PgPool,
     owner_url: &str,
 ) -> anyhow::Result<(String, String, String)> {
     let role = format!("tgingest_chaos_writer_{}", testkit::random_suffix(8));
     let password = format!("pw{}", testkit::random_suffix(20));
-    let statements = [
-        format!("CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"),
-        "REVOKE CREATE ON SCHEMA public FROM PUBLIC".to_owned(),
-        format!("GRANT USAGE ON SCHEMA public TO \"{role}\""),
-        format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO \"{role}\""
-        ),
-        format!("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO \"{role}\""),
-        "REVOKE TEMPORARY ON DATABASE \"{db}\" FROM PUBLIC".to_owned(),
-    ];
-    let db: String = sqlx::query_scalar("SELECT current_database()::text")
-        .fetch_one(pool)
-        .await?;
-    for statement in statements {
-        let statement = statement.replace("{db}", &db);
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(pool)
-            .await
-            .context("setting up the least-privilege role")?;
-    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"
+    )))
+    .execute(pool)
+    .await
+    .context("creating the least-privilege role")?;
+    migrate(owner_url, Some(&role))?;
     let mut url = url::Url::parse(owner_url)?;
     url.set_username(&role)
         .map_err(|()| anyhow::anyhow!("bad URL"))?;
