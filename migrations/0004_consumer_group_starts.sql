@@ -1,4 +1,4 @@
--- tgingest schema, version 5 (additive, see 0001's header): the partitions a consumer group
+-- tgingest schema, version 4 (additive, see 0001's header): the partitions a consumer group
 -- started with.
 --
 -- CONSUMER_START=latest skips a partition's history, which is right only for partitions that
