@@ -48,5 +48,29 @@ pub async fn two_members(
         },
     )
     .await;
+    // The group settles: on Tansu a join takes several assignment rounds a few seconds apart
+    // (seen: a third round re-assigning partitions the first member already owned), and a test
+    // that counts epochs or rebalances must start after the last one.
+    let counts = || {
+        (
+            ConsumerStats::get(&a.stats.assignments),
+            ConsumerStats::get(&b.stats.assignments),
+        )
+    };
+    let mut last = counts();
+    let mut quiet_since = tokio::time::Instant::now();
+    wait_until(
+        Duration::from_secs(45),
+        "no assignment round for 5 s",
+        async || {
+            let now = counts();
+            if now != last {
+                last = now;
+                quiet_since = tokio::time::Instant::now();
+            }
+            quiet_since.elapsed() >= Duration::from_secs(5)
+        },
+    )
+    .await;
     (a, b)
 }
