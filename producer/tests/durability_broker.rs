@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use testkit::{BrokerKind, eventually};
+use testkit::eventually;
 
 /// The process-global recorder, shared by this binary's tests (their topics differ).
 fn recorder() -> &'static PrometheusHandle {
@@ -29,12 +29,8 @@ async fn startup_logs(expect_durable_topic: bool) -> (String, String) {
     let (logs, _guard) = capture_thread_logs(tracing::Level::INFO);
     recorder();
     let api = start_botsim(1).await;
-    let (broker, topic) = start_broker().await;
-    testkit::require_broker(
-        broker.kind(),
-        &[BrokerKind::Mock, BrokerKind::HostedMock, BrokerKind::Tansu],
-        "an external broker's topics may be replicated",
-    );
+    let (broker, topic) =
+        start_controlled_broker("an external broker's topics may be replicated").await;
     let mut config = polling_config(&api, &broker, &topic, 1);
     config.expect_durable_topic = expect_durable_topic;
     let producer = RunningProducer::spawn(config);

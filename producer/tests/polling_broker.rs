@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use processor::wire::{self, CONTENT_TYPE_JSON, Subject, header};
-use testkit::BrokerKind;
 use testkit::eventually;
 use testkit::updates::fixtures;
 
@@ -393,12 +392,8 @@ async fn elements_that_are_not_updates_become_envelopes_and_never_block_the_conf
 async fn while_the_broker_is_down_the_offset_never_advances_and_everything_lands_when_it_returns_broker()
  {
     let api = start_botsim(1).await;
-    let (broker, topic) = start_broker().await;
-    testkit::require_broker(
-        broker.kind(),
-        &[BrokerKind::Mock, BrokerKind::HostedMock, BrokerKind::Tansu],
-        "an external broker cannot be taken down by a test",
-    );
+    let (broker, topic) =
+        start_controlled_broker("an external broker cannot be taken down by a test").await;
     let readiness = std::sync::Arc::new(RecordingReadiness::default());
     let producer =
         RunningProducer::spawn_with(polling_config(&api, &broker, &topic, 1), readiness.clone());

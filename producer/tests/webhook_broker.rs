@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use processor::wire::header;
-use testkit::BrokerKind;
 use testkit::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -52,19 +51,6 @@ async fn serve_webhook() -> (
     let producer = RunningProducer::spawn(config);
     wait_listening(addr).await;
     (api, broker, topic, producer, addr)
-}
-
-/// One bot and a broker the test can take down (scripts/test excludes these tests with an
-/// external broker; `require_broker` fails them there).
-async fn start_with_controllable_broker() -> (botsim::BotApi, testkit::TestBroker, String) {
-    let api = start_botsim(1).await;
-    let (broker, topic) = start_broker().await;
-    testkit::require_broker(
-        broker.kind(),
-        &[BrokerKind::Mock, BrokerKind::HostedMock, BrokerKind::Tansu],
-        "an external broker cannot be taken down by a test",
-    );
-    (api, broker, topic)
 }
 
 fn update(id: i64, chat: i64, text: &str) -> Vec<u8> {
@@ -158,7 +144,9 @@ async fn a_200_means_kafka_has_the_update_byte_identical_with_key_and_headers_br
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_makes_the_endpoint_answer_5xx_until_it_returns_broker() {
-    let (api, broker, topic) = start_with_controllable_broker().await;
+    let api = start_botsim(1).await;
+    let (broker, topic) =
+        start_controlled_broker("an external broker cannot be taken down by a test").await;
     let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
     let producer = RunningProducer::spawn(config);
     wait_listening(addr).await;
@@ -253,7 +241,9 @@ async fn setwebhook_at_startup_lets_telegram_push_updates_into_kafka_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_readiness_recovers_after_an_outage_without_further_requests_broker() {
-    let (api, broker, topic) = start_with_controllable_broker().await;
+    let api = start_botsim(1).await;
+    let (broker, topic) =
+        start_controlled_broker("an external broker cannot be taken down by a test").await;
     let (config, addr) = into_webhook(polling_config(&api, &broker, &topic, 1), SECRET);
     let readiness = std::sync::Arc::new(RecordingReadiness::default());
     let producer = RunningProducer::spawn_with(config, readiness.clone());

@@ -16,7 +16,7 @@ use producer::{
     BackoffPolicy, IntakeMode, NoReadiness, PollingConfig, ProducerConfig, Readiness, WebhookConfig,
 };
 use secrecy::SecretString;
-use testkit::TestBroker;
+use testkit::{BrokerKind, TestBroker};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +57,19 @@ pub async fn start_broker() -> (TestBroker, String) {
     let broker = TestBroker::start().await.unwrap();
     let topic = broker.unique_topic("producer");
     broker.create_topic(&topic, PARTITIONS).await.unwrap();
+    (broker, topic)
+}
+
+/// [`start_broker`] for a test that needs a broker under its control (to take it down, or to
+/// know its topics' replication): scripts/test excludes such tests with an external broker, and
+/// `require_broker` fails them there, saying `why`.
+pub async fn start_controlled_broker(why: &str) -> (TestBroker, String) {
+    let (broker, topic) = start_broker().await;
+    testkit::require_broker(
+        broker.kind(),
+        &[BrokerKind::Mock, BrokerKind::HostedMock, BrokerKind::Tansu],
+        why,
+    );
     (broker, topic)
 }
 
