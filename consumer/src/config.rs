@@ -126,6 +126,10 @@ pub struct ConsumerConfig {
     pub statement_timeout: Duration,
     /// The processor version written to rows (injectable so tests can model an upgrade).
     pub processor_version: i32,
+    /// Whether raw payloads also get their `jsonb` copy (`raw_updates.payload`) where PostgreSQL
+    /// accepts them. Without it `payload` stays NULL and queries read
+    /// `raw_payload_jsonb(payload_bytes)` (`migrations/0008_raw_payload_jsonb.sql`) instead.
+    pub store_jsonb: bool,
     /// Backoff for transient database and broker errors.
     pub retry: RetryPolicy,
     /// The group protocol's assignment strategy.
@@ -165,6 +169,7 @@ impl std::fmt::Debug for ConsumerConfig {
             .field("start_policy", &self.start_policy)
             .field("statement_timeout", &self.statement_timeout)
             .field("processor_version", &self.processor_version)
+            .field("store_jsonb", &self.store_jsonb)
             .field("retry", &self.retry)
             .field("assignment_strategy", &self.assignment_strategy)
             .field("group_instance_id", &self.group_instance_id)
@@ -195,6 +200,7 @@ impl ConsumerConfig {
             start_policy: StartPolicy::Earliest,
             statement_timeout: Duration::from_secs(30),
             processor_version: processor::PROCESSOR_VERSION,
+            store_jsonb: true,
             retry: RetryPolicy::default(),
             assignment_strategy: AssignmentStrategy::CooperativeSticky,
             group_instance_id: None,

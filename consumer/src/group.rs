@@ -14,7 +14,11 @@
 //! - the main queue is polled on a dedicated thread, never inside a tokio task, so callbacks may
 //!   block on the runtime (`Handle::block_on`); stray messages on it are dropped and counted;
 //! - the consumer is dropped on that thread after every worker has finished, so librdkafka's
-//!   final close (which runs callbacks) never runs on a runtime thread.
+//!   final close (which runs callbacks) never runs on a runtime thread;
+//! - the per-partition gauges (`crate::stats`) are fed by each assigned partition's handle
+//!   (records fetched, the published position, commits) and set on every statistics callback
+//!   for the partitions this process owns only: a partition is released from them when its
+//!   worker is stopped (revoke, rebalance error, close), so its series stop being set.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender};
@@ -39,7 +43,7 @@ use crate::config::{ConsumerConfig, StartPolicy};
 use crate::offsets::{OffsetStore, Ownership};
 use crate::readiness::{CHECK_KAFKA, Readiness};
 use crate::record::ConsumedRecord;
-use crate::stats::ConsumerStats;
+use crate::stats::{ConsumerStats, PartitionProgress};
 use crate::worker::{
     PartitionLog, PartitionWorker, WorkerDeps, WorkerExit, WorkerRequest, WorkerSettings,
 };
@@ -94,20 +98,16 @@ impl ClientContext for SinkContext {
                 .readiness
                 .not_ready(CHECK_KAFKA, "no broker connection is up");
         }
-        let Some(topic) = statistics.topics.get(&*self.shared.topic) else {
-            return;
-        };
-        let positions = match self.shared.positions.lock() {
-            Ok(p) => p.clone(),
-            Err(_) => return,
-        };
-        for (partition, next_offset) in positions {
-            if let Some(p) = topic.partitions.get(&partition)
-                && p.hi_offset >= 0
-            {
-                self.shared.stats.lag(partition, p.hi_offset - next_offset);
-            }
-        }
+        // Every owned partition's gauges are set on each statistics interval, also when the
+        // statistics lack the topic (its last known log end is kept): a partition's series
+        // stops being set only when the partition is released (stats.rs, issue #17).
+        let topic = statistics.topics.get(&*self.shared.topic);
+        self.shared.stats.refresh_partitions(|partition| {
+            topic
+                .and_then(|t| t.partitions.get(&partition))
+                .map(|p| p.hi_offset)
+                .filter(|hi| *hi >= 0)
+        });
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -199,6 +199,7 @@ impl SinkContext {
         }
         let Some(arc) = arc else { return };
         for (owner, mut queue) in starting {
+            let progress = shared.stats.partition_owned(owner.partition);
             let notify = Arc::new(Notify::new());
             let wake = notify.clone();
             queue.set_nonempty_callback(move || wake.notify_one());
@@ -210,6 +211,7 @@ impl SinkContext {
                 consumer: arc.clone(),
                 commands: shared.commands.clone(),
                 positions: shared.positions.clone(),
+                progress,
             };
             let worker =
                 PartitionWorker::new(&shared.worker_deps, owner, log, notify, cancel.clone());
@@ -348,6 +350,9 @@ impl SinkContext {
                 positions.remove(p);
             }
         }
+        for p in partitions {
+            shared.stats.partition_released(*p);
+        }
     }
 }
 
@@ -360,6 +365,8 @@ struct AssignedPartition {
     consumer: Arc<BaseConsumer<SinkContext>>,
     commands: Sender<WorkerRequest>,
     positions: Arc<Mutex<HashMap<i32, i64>>>,
+    /// What the partition's gauges are computed from (records fetched, position, commits).
+    progress: Arc<PartitionProgress>,
 }
 
 impl AssignedPartition {
@@ -372,9 +379,14 @@ impl AssignedPartition {
 
 impl PartitionLog for AssignedPartition {
     fn poll(&self) -> Option<KafkaResult<ConsumedRecord>> {
-        self.queue
+        let polled = self
+            .queue
             .poll(Duration::ZERO)
-            .map(|polled| polled.map(|message| ConsumedRecord::from_message(&message)))
+            .map(|polled| polled.map(|message| ConsumedRecord::from_message(&message)));
+        if let Some(Ok(record)) = &polled {
+            self.progress.fetched(record.offset, record.timestamp_ms);
+        }
+        polled
     }
 
     fn seek(&self, offset: i64) -> KafkaResult<()> {
@@ -397,11 +409,14 @@ impl PartitionLog for AssignedPartition {
 
     fn commit(&self, next_offset: i64) -> KafkaResult<()> {
         let mut tpl = TopicPartitionList::new();
+        // Called after each batch COMMIT only (the advisory mirror of it).
+        self.progress.committed();
         tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(next_offset))?;
         self.consumer.commit(&tpl, CommitMode::Async)
     }
 
     fn set_position(&self, next_offset: i64) {
+        self.progress.position(next_offset);
         if let Ok(mut positions) = self.positions.lock() {
             positions.insert(self.partition, next_offset);
         }

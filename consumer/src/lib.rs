@@ -8,7 +8,9 @@
 //! atomically on assignment ([`offsets`], [`group`]); a worker per partition builds contiguous
 //! batches ([`worker`]). Kafka commits are an advisory mirror.
 //!
-//! Entry point: [`run`]. The guarantee is verified from outside, given what was produced, by the
+//! Entry point: [`run`]. Startup checks of the database that fail transiently (a server still
+//! starting, a terminated session) are retried with jittered backoff for up to a minute, never
+//! an exit. The guarantee is verified from outside, given what was produced, by the
 //! exactly-once checker of the test kit (`testkit::invariants`), which this crate never depends on.
 
 mod budget;
@@ -16,10 +18,12 @@ mod classify;
 pub mod config;
 mod failpoints;
 mod group;
+pub mod log_anomalies;
 pub mod offsets;
 pub mod ops;
 pub mod privileges;
 pub mod projection;
+pub mod raw_counts;
 mod readiness;
 pub mod record;
 mod stats;
@@ -39,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{AssignmentStrategy, ConfigError, ConsumerConfig, RetryPolicy, StartPolicy};
 pub use offsets::{OffsetStore, Ownership, StoredOffset};
 pub use readiness::{NoReadiness, Readiness};
-pub use stats::ConsumerStats;
+pub use stats::{ConsumerStats, PARTITION_SERIES_PREFIX, describe as describe_metrics};
 
 /// Tables the consumer writes besides the projections.
 const PROTOCOL_TABLES: &[&str] = &[
@@ -48,6 +52,7 @@ const PROTOCOL_TABLES: &[&str] = &[
     "dead_letters",
     "offset_gaps",
     "tombstones",
+    "log_anomalies",
     "consumer_group_starts",
     "bot_update_epochs",
 ];
@@ -88,28 +93,9 @@ pub async fn run_with_stats(
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid consumer configuration: {e}"))?;
+    stats::describe();
     readiness.not_ready(readiness::CHECK_KAFKA, "not yet in the group");
-    for table in PROTOCOL_TABLES {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(*table)
-            .fetch_one(&pool)
-            .await
-            .context("checking the database schema")?;
-        if !exists {
-            bail!("table {table} is missing: run `tgingest migrate` first");
-        }
-    }
-    let written: Vec<&str> = PROTOCOL_TABLES
-        .iter()
-        .copied()
-        .chain(projection::ProjectionTable::ALL.iter().map(|t| t.name()))
-        .collect();
-    privileges::check(&pool, &written).await?;
-    let schema = Arc::new(
-        projection::ProjectionSchema::load(&pool)
-            .await
-            .context("checking the projection tables")?,
-    );
+    let schema = Arc::new(check_database_with_retry(&pool, &config.retry, &shutdown).await?);
     readiness.ready(readiness::CHECK_POSTGRES, "");
 
     let writer = writer::BatchWriter::new(
@@ -120,7 +106,12 @@ pub async fn run_with_stats(
         config.processor_version,
         schema,
         stats.clone(),
-    );
+    )
+    .with_jsonb(if config.store_jsonb {
+        writer::JsonbPayload::WhereValid
+    } else {
+        writer::JsonbPayload::Never
+    });
     let store = OffsetStore::new(pool.clone(), &config.group_id, &config.topic)
         .with_statement_timeout(config.statement_timeout);
     let (commands_tx, commands_rx) = std::sync::mpsc::channel();
@@ -175,6 +166,68 @@ pub async fn run_with_stats(
         .context("the consumer's polling thread panicked")?;
     probe.abort();
     result
+}
+
+/// How long startup keeps retrying database checks that fail transiently (a restarting server,
+/// a terminated session, a failover) before it gives up.
+const STARTUP_RETRY_WINDOW: Duration = Duration::from_secs(60);
+
+/// The startup checks of the database (schema, privileges, projection tables), retried with
+/// jittered backoff while they fail transiently (DESIGN.md §6), for up to
+/// [`STARTUP_RETRY_WINDOW`] or until shutdown; a deterministic failure (a missing table, a
+/// missing privilege) ends startup at once with its one line.
+async fn check_database_with_retry(
+    pool: &PgPool,
+    retry: &RetryPolicy,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<projection::ProjectionSchema> {
+    let started = std::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let error = match check_database(pool).await {
+            Ok(schema) => return Ok(schema),
+            Err(error) => error,
+        };
+        let transient = error
+            .chain()
+            .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
+            .any(|e| classify::classify(e) == classify::ErrorClass::Transient);
+        if !transient || started.elapsed() >= STARTUP_RETRY_WINDOW {
+            return Err(error);
+        }
+        tracing::warn!(
+            attempt,
+            "checking the database at startup failed, retrying: {error:#}"
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(error),
+            () = tokio::time::sleep(retry.delay(attempt)) => {}
+        }
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+async fn check_database(pool: &PgPool) -> anyhow::Result<projection::ProjectionSchema> {
+    for table in PROTOCOL_TABLES.iter().chain(privileges::READ_ONLY_TABLES) {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(*table)
+            .fetch_one(pool)
+            .await
+            .context("checking the database schema")?;
+        if !exists {
+            bail!("table {table} is missing: run `tgingest migrate` first");
+        }
+    }
+    let written: Vec<&str> = PROTOCOL_TABLES
+        .iter()
+        .copied()
+        .chain(projection::ProjectionTable::ALL.iter().map(|t| t.name()))
+        .collect();
+    privileges::check(pool, &written).await?;
+    privileges::check_readable(pool, privileges::READ_ONLY_TABLES).await?;
+    projection::ProjectionSchema::load(pool)
+        .await
+        .context("checking the projection tables")
 }
 
 /// Keeps the `postgres` readiness check current while nothing else touches the database.

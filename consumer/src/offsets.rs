@@ -8,6 +8,9 @@
 //! the exact (offset, epoch, rewind_seq) the caller observed; [`OffsetStore::reown`] takes a
 //! partition back (DESIGN.md §5.9) to one past the greater of the stored and the caller's epoch,
 //! and only from the exact row the caller observed, so two members never leapfrog each other;
+//! [`advance`] also records the digest of the record it moved past, which takeover compares with
+//! the log (DESIGN.md §5.10); a rewind of a partition with an open log anomaly resolves it and
+//! moves the partition to the next topic incarnation, in the same transaction;
 //! [`OffsetStore::start_partitions`] records, once per group and topic, the partitions the group
 //! started with (`consumer_group_starts`), and every caller reads back the same count.
 //! Every statement of the worker's path runs within the client-side deadline
@@ -22,7 +25,8 @@ use sqlx::{Executor, PgConnection, PgPool, Postgres};
 use tokio::time::{Instant, error::Elapsed, timeout_at};
 
 use crate::classify::must_close_connection;
-use crate::transaction::{self, IdleClient};
+use crate::log_anomalies::{self, Decision, Detected, LogAnomaly, Position};
+use crate::transaction;
 
 /// What a worker knows about its partition's row: its fencing token and where it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +35,12 @@ pub struct Ownership {
     pub next_offset: i64,
     pub owner_epoch: i64,
     pub rewind_seq: i64,
+    /// The incarnation of the topic the partition's offsets belong to (DESIGN.md §5.10).
+    pub topic_incarnation: i64,
+    /// SHA-256 of the value of the record at `next_offset - 1` (`None`: unknown), as stored
+    /// with the offset; the batch writer keeps it current. Checked against the log on takeover
+    /// and when a fetch finds the position out of range (DESIGN.md §5.10).
+    pub last_record_sha256: Option<[u8; 32]>,
 }
 
 /// The partition's row as stored.
@@ -39,6 +49,7 @@ pub struct StoredOffset {
     pub next_offset: i64,
     pub owner_epoch: i64,
     pub rewind_seq: i64,
+    pub topic_incarnation: i64,
 }
 
 /// Where an owner stands against its partition's stored row (DESIGN.md §5.9).
@@ -55,14 +66,39 @@ pub enum Standing {
     Superseded(StoredOffset),
 }
 
+/// The columns an ownership statement returns, in `ownership_columns!()` order.
+type OwnershipRow = (i64, i64, i64, i64, Option<Vec<u8>>);
+
+/// What every ownership statement returns (a macro, so statements stay `&'static str`).
+macro_rules! ownership_columns {
+    () => {
+        "next_offset, owner_epoch, rewind_seq, topic_incarnation, last_record_sha256"
+    };
+}
+
 impl Ownership {
-    /// The ownership a statement returned as `(next_offset, owner_epoch, rewind_seq)`.
-    fn from_row(partition: i32, (next_offset, owner_epoch, rewind_seq): (i64, i64, i64)) -> Self {
+    /// The ownership a statement returned as [`OwnershipRow`].
+    fn from_row(
+        partition: i32,
+        (next_offset, owner_epoch, rewind_seq, topic_incarnation, sha): OwnershipRow,
+    ) -> Self {
         Self {
             partition,
             next_offset,
             owner_epoch,
             rewind_seq,
+            topic_incarnation,
+            last_record_sha256: sha.and_then(|s| <[u8; 32]>::try_from(s.as_slice()).ok()),
+        }
+    }
+
+    /// The row as this owner holds it.
+    pub fn stored(&self) -> StoredOffset {
+        StoredOffset {
+            next_offset: self.next_offset,
+            owner_epoch: self.owner_epoch,
+            rewind_seq: self.rewind_seq,
+            topic_incarnation: self.topic_incarnation,
         }
     }
 
@@ -72,7 +108,11 @@ impl Ownership {
             None => Standing::Behind(None),
             Some(s) if s.owner_epoch < self.owner_epoch => Standing::Behind(stored),
             Some(s) if s.owner_epoch > self.owner_epoch => Standing::Superseded(s),
-            Some(s) if s.next_offset != self.next_offset || s.rewind_seq != self.rewind_seq => {
+            Some(s)
+                if s.next_offset != self.next_offset
+                    || s.rewind_seq != self.rewind_seq
+                    || s.topic_incarnation != self.topic_incarnation =>
+            {
                 Standing::Moved(s)
             }
             Some(_) => Standing::Current,
@@ -120,7 +160,9 @@ impl OffsetStore {
         Instant::now() + transaction::deadline(self.statement_timeout)
     }
 
-    /// Opens a transaction bounded by the statement timeout, within `deadline`.
+    /// Opens a transaction bounded by the statement timeout, within `deadline`; the server ends
+    /// it when its client goes silent inside it (see [`transaction::begin`]), so an ownership
+    /// statement frozen before its COMMIT does not keep the partition's row locked.
     async fn begin_bounded(
         &self,
         deadline: Instant,
@@ -128,7 +170,7 @@ impl OffsetStore {
         let mut conn = self.pool.acquire().await?;
         let begun = timeout_at(
             deadline,
-            transaction::begin(&mut conn, self.statement_timeout, IdleClient::Tolerated),
+            transaction::begin(&mut conn, self.statement_timeout),
         )
         .await;
         match begun {
@@ -193,17 +235,18 @@ impl OffsetStore {
     pub async fn take_ownership(&self, partition: i32) -> Result<Option<Ownership>, sqlx::Error> {
         let deadline = self.deadline();
         let mut conn = self.begin_bounded(deadline).await?;
-        let statement = sqlx::query_as(
+        let statement = sqlx::query_as(concat!(
             "UPDATE consumer_offsets SET owner_epoch = owner_epoch + 1, updated_at = now() \
              WHERE group_id = $1 AND topic = $2 AND partition = $3 \
-             RETURNING next_offset, owner_epoch, rewind_seq",
-        )
+             RETURNING ",
+            ownership_columns!()
+        ))
         .bind(&self.group_id)
         .bind(&self.topic)
         .bind(partition)
         .fetch_optional(&mut *conn);
         let result = timeout_at(deadline, statement).await;
-        let row: Option<(i64, i64, i64)> = self.finish(conn, deadline, result).await?;
+        let row: Option<OwnershipRow> = self.finish(conn, deadline, result).await?;
         Ok(row.map(|row| Ownership::from_row(partition, row)))
     }
 
@@ -216,21 +259,22 @@ impl OffsetStore {
     ) -> Result<Ownership, sqlx::Error> {
         let deadline = self.deadline();
         let mut conn = self.begin_bounded(deadline).await?;
-        let statement = sqlx::query_as(
+        let statement = sqlx::query_as(concat!(
             "INSERT INTO consumer_offsets \
                  (group_id, topic, partition, next_offset, owner_epoch, rewind_seq, updated_at) \
              VALUES ($1, $2, $3, $4, 1, 0, now()) \
              ON CONFLICT (group_id, topic, partition) DO UPDATE \
                  SET owner_epoch = consumer_offsets.owner_epoch + 1, updated_at = now() \
-             RETURNING next_offset, owner_epoch, rewind_seq",
-        )
+             RETURNING ",
+            ownership_columns!()
+        ))
         .bind(&self.group_id)
         .bind(&self.topic)
         .bind(partition)
         .bind(initial_offset)
         .fetch_one(&mut *conn);
         let result = timeout_at(deadline, statement).await;
-        let row: (i64, i64, i64) = self.finish(conn, deadline, result).await?;
+        let row: OwnershipRow = self.finish(conn, deadline, result).await?;
         Ok(Ownership::from_row(partition, row))
     }
 
@@ -249,13 +293,14 @@ impl OffsetStore {
         let deadline = self.deadline();
         let mut conn = self.begin_bounded(deadline).await?;
         let statement = match observed {
-            Some(row) => sqlx::query_as(
+            Some(row) => sqlx::query_as(concat!(
                 "UPDATE consumer_offsets \
                  SET owner_epoch = GREATEST(owner_epoch, $4) + 1, updated_at = now() \
                  WHERE group_id = $1 AND topic = $2 AND partition = $3 \
                    AND owner_epoch = $5 AND next_offset = $6 AND rewind_seq = $7 \
-                 RETURNING next_offset, owner_epoch, rewind_seq",
-            )
+                 RETURNING ",
+                ownership_columns!()
+            ))
             .bind(&self.group_id)
             .bind(&self.topic)
             .bind(partition)
@@ -263,13 +308,14 @@ impl OffsetStore {
             .bind(row.owner_epoch)
             .bind(row.next_offset)
             .bind(row.rewind_seq),
-            None => sqlx::query_as(
+            None => sqlx::query_as(concat!(
                 "INSERT INTO consumer_offsets \
                      (group_id, topic, partition, next_offset, owner_epoch, rewind_seq, updated_at) \
                  VALUES ($1, $2, $3, $5, $4 + 1, 0, now()) \
                  ON CONFLICT (group_id, topic, partition) DO NOTHING \
-                 RETURNING next_offset, owner_epoch, rewind_seq",
-            )
+                 RETURNING ",
+                ownership_columns!()
+            ))
             .bind(&self.group_id)
             .bind(&self.topic)
             .bind(partition)
@@ -277,7 +323,7 @@ impl OffsetStore {
             .bind(log_start),
         };
         let result = timeout_at(deadline, statement.fetch_optional(&mut *conn)).await;
-        let row: Option<(i64, i64, i64)> = self.finish(conn, deadline, result).await?;
+        let row: Option<OwnershipRow> = self.finish(conn, deadline, result).await?;
         Ok(row.map(|row| Ownership::from_row(partition, row)))
     }
 
@@ -350,8 +396,8 @@ impl OffsetStore {
     /// Every stored row of the group and topic, by partition: what `replay`, `status` and the
     /// demo's drain read.
     pub async fn list(&self) -> Result<Vec<PartitionOffset>, sqlx::Error> {
-        let rows: Vec<(i32, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT partition, next_offset, owner_epoch, rewind_seq, \
+        let rows: Vec<(i32, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset, owner_epoch, rewind_seq, topic_incarnation, \
                     (extract(epoch FROM updated_at) * 1000)::bigint \
              FROM consumer_offsets WHERE group_id = $1 AND topic = $2 ORDER BY partition",
         )
@@ -362,13 +408,21 @@ impl OffsetStore {
         Ok(rows
             .into_iter()
             .map(
-                |(partition, next_offset, owner_epoch, rewind_seq, updated_at_ms)| {
+                |(
+                    partition,
+                    next_offset,
+                    owner_epoch,
+                    rewind_seq,
+                    topic_incarnation,
+                    updated_at_ms,
+                )| {
                     PartitionOffset {
                         partition,
                         stored: StoredOffset {
                             next_offset,
                             owner_epoch,
                             rewind_seq,
+                            topic_incarnation,
                         },
                         updated_at_ms,
                     }
@@ -380,54 +434,161 @@ impl OffsetStore {
     /// Replays: moves `next_offset` to `offset` and bumps `rewind_seq` (creating the row if
     /// needed), leaving the owner in place. The owner notices within its idle re-read interval.
     pub async fn rewind(&self, partition: i32, offset: i64) -> Result<StoredOffset, sqlx::Error> {
-        self.rewind_partitions(&[(partition, offset)])
-            .await?
-            .pop()
-            .map(|(_, stored)| stored)
-            .ok_or(sqlx::Error::RowNotFound)
+        self.rewind_partitions(&[RewindTarget {
+            partition,
+            offset,
+            log: None,
+        }])
+        .await?
+        .pop()
+        .map(|rewound| rewound.stored)
+        .ok_or(sqlx::Error::RowNotFound)
     }
 
-    /// [`OffsetStore::rewind`] of several partitions in one statement (all or none), rows locked
-    /// in partition order. Returns the rows after the rewind, by partition.
+    /// [`OffsetStore::rewind`] of several partitions in one transaction (all or none), rows
+    /// locked in partition order. A partition with an open log anomaly is the operator's decision
+    /// on it (DESIGN.md §5.10): the anomaly is resolved with what the rewind skips of the new
+    /// log, and the partition moves to the next topic incarnation. Every rewound row forgets its
+    /// last record's digest (the record before the new position is not known). Returns the rows
+    /// after the rewind, by partition.
     pub async fn rewind_partitions(
         &self,
-        targets: &[(i32, i64)],
-    ) -> Result<Vec<(i32, StoredOffset)>, sqlx::Error> {
-        let partitions: Vec<i32> = targets.iter().map(|t| t.0).collect();
-        let offsets: Vec<i64> = targets.iter().map(|t| t.1).collect();
-        let rows: Vec<(i32, i64, i64, i64)> = sqlx::query_as(
+        targets: &[RewindTarget],
+    ) -> Result<Vec<Rewound>, sqlx::Error> {
+        let mut sorted = targets.to_vec();
+        sorted.sort_by_key(|t| t.partition);
+        sorted.dedup_by_key(|t| t.partition);
+        let partitions: Vec<i32> = sorted.iter().map(|t| t.partition).collect();
+        let offsets: Vec<i64> = sorted.iter().map(|t| t.offset).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT 1 FROM consumer_offsets \
+             WHERE group_id = $1 AND topic = $2 AND partition = ANY($3) \
+             ORDER BY partition FOR UPDATE",
+        )
+        .bind(&self.group_id)
+        .bind(&self.topic)
+        .bind(&partitions)
+        .execute(&mut *tx)
+        .await?;
+        let decisions: Vec<Decision> = sorted
+            .iter()
+            .map(|t| Decision {
+                partition: t.partition,
+                resume_at: t.offset,
+                log: t.log,
+            })
+            .collect();
+        let resolved =
+            log_anomalies::resolve(&mut tx, &self.group_id, &self.topic, &decisions).await?;
+        let bumps: Vec<i64> = sorted
+            .iter()
+            .map(|t| i64::from(resolved.contains_key(&t.partition)))
+            .collect();
+        let rows: Vec<(i32, i64, i64, i64, i64)> = sqlx::query_as(
             "INSERT INTO consumer_offsets AS o \
-                 (group_id, topic, partition, next_offset, owner_epoch, rewind_seq, updated_at) \
-             SELECT $1, $2, u.partition, u.target, 0, 1, now() \
-             FROM UNNEST($3::integer[], $4::bigint[]) AS u(partition, target) \
+                 (group_id, topic, partition, next_offset, owner_epoch, rewind_seq, \
+                  topic_incarnation, updated_at) \
+             SELECT $1, $2, u.partition, u.target, 0, 1, u.bump, now() \
+             FROM UNNEST($3::integer[], $4::bigint[], $5::bigint[]) AS u(partition, target, bump) \
              ORDER BY u.partition \
              ON CONFLICT (group_id, topic, partition) DO UPDATE \
                  SET next_offset = EXCLUDED.next_offset, rewind_seq = o.rewind_seq + 1, \
-                     updated_at = now() \
-             RETURNING partition, next_offset, owner_epoch, rewind_seq",
+                     topic_incarnation = o.topic_incarnation + EXCLUDED.topic_incarnation, \
+                     last_record_sha256 = NULL, updated_at = now() \
+             RETURNING partition, next_offset, owner_epoch, rewind_seq, topic_incarnation",
         )
         .bind(&self.group_id)
         .bind(&self.topic)
         .bind(&partitions)
         .bind(&offsets)
-        .fetch_all(&self.pool)
+        .bind(&bumps)
+        .fetch_all(&mut *tx)
         .await?;
-        let mut rewound: Vec<(i32, StoredOffset)> = rows
+        tx.commit().await?;
+        let mut rewound: Vec<Rewound> = rows
             .into_iter()
-            .map(|(partition, next_offset, owner_epoch, rewind_seq)| {
-                (
+            .map(
+                |(partition, next_offset, owner_epoch, rewind_seq, topic_incarnation)| Rewound {
                     partition,
-                    StoredOffset {
+                    stored: StoredOffset {
                         next_offset,
                         owner_epoch,
                         rewind_seq,
+                        topic_incarnation,
                     },
-                )
-            })
+                    resolved_anomaly: resolved.get(&partition).copied(),
+                },
+            )
             .collect();
-        rewound.sort_by_key(|r| r.0);
+        rewound.sort_by_key(|r| r.partition);
         Ok(rewound)
     }
+
+    /// Records what `owner`'s worker found (DESIGN.md §5.10), if the partition's row is still
+    /// exactly as `owner` holds it (locked first, as a rewind locks it). Returns the open anomaly
+    /// (this one, or one already open), or `None` when the row moved meanwhile (a replay, a new
+    /// owner): look at the row again.
+    pub async fn record_anomaly(
+        &self,
+        owner: &Ownership,
+        detected: Detected,
+    ) -> Result<Option<LogAnomaly>, sqlx::Error> {
+        let deadline = self.deadline();
+        let mut conn = self.begin_bounded(deadline).await?;
+        let statements = async {
+            if !lock_if_current(&mut conn, &self.group_id, &self.topic, owner).await? {
+                return Ok(None);
+            }
+            let position = Position {
+                partition: owner.partition,
+                topic_incarnation: owner.topic_incarnation,
+                next_offset: owner.next_offset,
+                last_record_sha256: owner.last_record_sha256,
+            };
+            log_anomalies::insert(&mut conn, &self.group_id, &self.topic, &position, detected)
+                .await?;
+            log_anomalies::open_for(&mut conn, &self.group_id, &self.topic, owner.partition).await
+        };
+        let result = timeout_at(deadline, statements).await;
+        self.finish(conn, deadline, result).await
+    }
+
+    /// The partition's open log anomaly, if any.
+    pub async fn open_anomaly(&self, partition: i32) -> Result<Option<LogAnomaly>, sqlx::Error> {
+        let deadline = self.deadline();
+        let mut conn = self.begin_bounded(deadline).await?;
+        let result = timeout_at(
+            deadline,
+            log_anomalies::open_for(&mut conn, &self.group_id, &self.topic, partition),
+        )
+        .await;
+        self.finish(conn, deadline, result).await
+    }
+
+    /// Every open log anomaly of the group and topic, by partition (`status`, `replay`).
+    pub async fn open_anomalies(&self) -> Result<Vec<LogAnomaly>, sqlx::Error> {
+        log_anomalies::open_all(&self.pool, &self.group_id, &self.topic).await
+    }
+}
+
+/// One partition of a rewind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RewindTarget {
+    pub partition: i32,
+    /// Where the partition resumes.
+    pub offset: i64,
+    /// The log's (start, end) as the operator saw it, recorded in a resolved anomaly's decision.
+    pub log: Option<(i64, i64)>,
+}
+
+/// A partition's row after a rewind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewound {
+    pub partition: i32,
+    pub stored: StoredOffset,
+    /// The log anomaly this rewind resolved (its id), if the partition was halted.
+    pub resolved_anomaly: Option<i64>,
 }
 
 pub(crate) async fn read<'e, E>(
@@ -439,8 +600,8 @@ pub(crate) async fn read<'e, E>(
 where
     E: sqlx::PgExecutor<'e>,
 {
-    let row: Option<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT next_offset, owner_epoch, rewind_seq FROM consumer_offsets \
+    let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT next_offset, owner_epoch, rewind_seq, topic_incarnation FROM consumer_offsets \
          WHERE group_id = $1 AND topic = $2 AND partition = $3",
     )
     .bind(group_id)
@@ -448,26 +609,58 @@ where
     .bind(partition)
     .fetch_optional(executor)
     .await?;
-    Ok(
-        row.map(|(next_offset, owner_epoch, rewind_seq)| StoredOffset {
+    Ok(row.map(
+        |(next_offset, owner_epoch, rewind_seq, topic_incarnation)| StoredOffset {
             next_offset,
             owner_epoch,
             rewind_seq,
-        }),
+            topic_incarnation,
+        },
+    ))
+}
+
+/// Locks the partition's row if it is still exactly as `owner` holds it; returns whether it is.
+/// What a writer that records a fact about the partition's position (a log anomaly) takes first,
+/// in the order `replay` takes it, so a decision already taken is never overtaken.
+pub(crate) async fn lock_if_current(
+    conn: &mut PgConnection,
+    group_id: &str,
+    topic: &str,
+    owner: &Ownership,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<i32> = sqlx::query_scalar(
+        "SELECT partition FROM consumer_offsets \
+         WHERE group_id = $1 AND topic = $2 AND partition = $3 \
+           AND next_offset = $4 AND owner_epoch = $5 AND rewind_seq = $6 \
+           AND topic_incarnation = $7 \
+         FOR UPDATE",
     )
+    .bind(group_id)
+    .bind(topic)
+    .bind(owner.partition)
+    .bind(owner.next_offset)
+    .bind(owner.owner_epoch)
+    .bind(owner.rewind_seq)
+    .bind(owner.topic_incarnation)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.is_some())
 }
 
 /// The fenced compare-and-set: moves `next_offset` from `owner.next_offset` to `end` only if the
-/// row is still exactly as `owner` saw it. Returns whether it did.
+/// row is still exactly as `owner` saw it, and records the digest of the record at `end - 1`
+/// (`None`: unknown). Returns whether it did.
 pub(crate) async fn advance(
     conn: &mut PgConnection,
     group_id: &str,
     topic: &str,
     owner: &Ownership,
     end: i64,
+    last_record_sha256: Option<&[u8; 32]>,
 ) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
-        "UPDATE consumer_offsets SET next_offset = $4, updated_at = now() \
+        "UPDATE consumer_offsets SET next_offset = $4, last_record_sha256 = $8, \
+                updated_at = now() \
          WHERE group_id = $1 AND topic = $2 AND partition = $3 \
            AND next_offset = $5 AND owner_epoch = $6 AND rewind_seq = $7",
     )
@@ -478,6 +671,7 @@ pub(crate) async fn advance(
     .bind(owner.next_offset)
     .bind(owner.owner_epoch)
     .bind(owner.rewind_seq)
+    .bind(last_record_sha256.map(|d| d.as_slice()))
     .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)

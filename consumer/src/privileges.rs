@@ -3,7 +3,8 @@
 //! by the consumer at startup ([`check`]).
 //!
 //! Guarantees: [`grant`] leaves the role with exactly SELECT, INSERT and UPDATE on every table
-//! of the schema (SELECT only on views and on sqlx's migration ledger), USAGE on its sequences
+//! of the schema (SELECT only on views, on sqlx's migration ledger and on the operators'
+//! decisions the consumer honours but must never change, [`READ_ONLY_TABLES`]), USAGE on its sequences
 //! and schema, and default privileges that give tables and sequences created later by the same
 //! owner the same; never DELETE, TRUNCATE, DDL or TEMP (purge, retention and erasure are operator
 //! commands run with the owner's credentials). It never creates a role: managed PostgreSQL owners
@@ -15,6 +16,10 @@ use sqlx::{AssertSqlSafe, PgPool};
 
 /// What the consumer needs on every table it writes.
 pub const TABLE_PRIVILEGES: &[&str] = &["SELECT", "INSERT", "UPDATE"];
+
+/// Tables the consumer reads and never writes: the operators' retention and erasure decisions
+/// (`migrations/0006_retention_and_erasure.sql`). A consumer may not undo them.
+pub const READ_ONLY_TABLES: &[&str] = &["erased_subjects", "retention_horizons"];
 
 /// What [`grant`] did, and what it could not take away.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,11 +68,13 @@ pub async fn grant(pool: &PgPool, role: &str) -> anyhow::Result<GrantReport> {
     }
     let relations: Vec<(String, bool)> = sqlx::query_as(
         "SELECT c.relname::text, c.relkind IN ('r', 'p') AND c.relname <> '_sqlx_migrations' \
+                AND c.relname <> ALL($1) \
            FROM pg_class c \
           WHERE c.relnamespace = current_schema()::regnamespace \
             AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
           ORDER BY c.relname",
     )
+    .bind(READ_ONLY_TABLES)
     .fetch_all(pool)
     .await
     .context("listing the schema's tables")?;
@@ -139,6 +146,26 @@ pub async fn grant(pool: &PgPool, role: &str) -> anyhow::Result<GrantReport> {
         readable,
         warnings,
     })
+}
+
+/// Fails with one line naming the first of `tables` the connected role may not read.
+pub async fn check_readable(pool: &PgPool, tables: &[&str]) -> anyhow::Result<()> {
+    let tables: Vec<String> = tables.iter().map(|t| (*t).to_owned()).collect();
+    let missing: Option<(String, String)> = sqlx::query_as(
+        "SELECT current_user::text, t FROM unnest($1::text[]) WITH ORDINALITY AS tables(t, i) \
+          WHERE NOT has_table_privilege(t, 'SELECT') ORDER BY i LIMIT 1",
+    )
+    .bind(&tables)
+    .fetch_optional(pool)
+    .await
+    .context("checking the database role's privileges")?;
+    if let Some((user, table)) = missing {
+        bail!(
+            "database role {user} lacks SELECT on table {table}: have the schema owner run \
+             `tgingest migrate` with CONSUMER_ROLE={user}"
+        );
+    }
+    Ok(())
 }
 
 /// Fails with one line naming the first privilege of [`TABLE_PRIVILEGES`] the connected role

@@ -20,6 +20,10 @@
 //! time: `src_date` is stored (the update's own date, 0 when it has none) but orders nothing, so
 //! dated and dateless rows of one table (users, chats) compare by update id.
 //!
+//! An erasure replaces what an update wrote with what its scrubbed copy derives
+//! ([`ProjectionSchema::rewrite_updates`]): per table, in the same order, a DELETE of the rows the
+//! update is still the last writer of (by key and (src_epoch, src_update_id)), then the upsert.
+//!
 //! Guarantees: rows are deduplicated by key inside the batch (keeping the greatest
 //! (src_epoch, src_update_id)) so no statement touches a row twice (SQLSTATE 21000), and sorted
 //! by key so concurrent batches lock shared rows (users, chats) in the same order; tables are
@@ -264,6 +268,8 @@ struct TableStatement {
     src_epoch_pos: usize,
     src_update_id_pos: usize,
     sql: Arc<str>,
+    /// Deletes the rows given by key that were last written by the given (epoch, update).
+    delete_sql: Arc<str>,
 }
 
 /// The projection tables as the database declares them, with their upsert statements.
@@ -343,6 +349,44 @@ impl ProjectionSchema {
             written.push((statement.table.name(), affected));
         }
         Ok(written)
+    }
+}
+
+impl ProjectionSchema {
+    /// Replaces what `old` updates wrote with what `new` updates derive, table by table in the
+    /// fixed order (so it never deadlocks with a batch): in each table where `delete_in` says so,
+    /// the rows of `old` that each `old` update still is the last writer of (same key, same
+    /// (src_epoch, src_update_id)) are deleted; then the rows of `new` are upserted as a batch
+    /// would. An erasure uses it: `old` the updates as stored, `new` the scrubbed ones. Returns
+    /// (table, rows deleted, rows written) for each table touched.
+    pub async fn rewrite_updates(
+        &self,
+        conn: &mut PgConnection,
+        old: &[(&Normalized, i64)],
+        new: &[(&Normalized, i64)],
+        processor_version: i32,
+        delete_in: impl Fn(ProjectionTable) -> bool,
+    ) -> Result<Vec<(&'static str, u64, u64)>, sqlx::Error> {
+        let mut out = Vec::new();
+        for statement in &self.statements {
+            let mut deleted = 0;
+            if delete_in(statement.table) {
+                let rows = statement.table.collect_rows(old);
+                if !rows.is_empty() {
+                    deleted = statement.delete_written(conn, rows).await?;
+                }
+            }
+            let mut written = 0;
+            let rows = statement.table.collect_rows(new);
+            if !rows.is_empty() {
+                let rows = statement.dedup_and_sort(rows);
+                written = statement.execute(conn, rows, processor_version).await?;
+            }
+            if deleted > 0 || written > 0 {
+                out.push((statement.table.name(), deleted, written));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -428,6 +472,33 @@ impl TableStatement {
                  > (t.src_epoch, t.src_update_id, t.processor_version)",
             table = quote(table.name()),
         );
+        // Positional names: a key column may itself be src_update_id (history tables).
+        let mut using = String::new();
+        let mut matches = String::new();
+        for (n, (k, &pos)) in key.iter().zip(&key_positions).enumerate() {
+            let array = match carriers[pos] {
+                Carrier::Int => "bigint[]",
+                Carrier::Bool => "boolean[]",
+                Carrier::Text => "text[]",
+            };
+            let _ = write!(using, "${}::{array}, ", n + 1);
+            let _ = write!(
+                matches,
+                "t.{} = CAST(d.k{n} AS {}) AND ",
+                quote(k),
+                types.get(k.as_str()).copied().unwrap_or("text")
+            );
+        }
+        let names: Vec<String> = (0..key.len()).map(|n| format!("k{n}")).collect();
+        let delete_sql = format!(
+            "DELETE FROM {table} AS t USING UNNEST({using}${e}::bigint[], ${u}::bigint[]) \
+                 AS d({names}, src_epoch, src_update_id) \
+             WHERE {matches}t.src_epoch = d.src_epoch AND t.src_update_id = d.src_update_id",
+            table = quote(table.name()),
+            e = key.len() + 1,
+            u = key.len() + 2,
+            names = names.join(", "),
+        );
         Ok(Self {
             table,
             carriers,
@@ -435,6 +506,7 @@ impl TableStatement {
             src_epoch_pos,
             src_update_id_pos,
             sql: sql.into(),
+            delete_sql: delete_sql.into(),
         })
     }
 
@@ -466,6 +538,34 @@ impl TableStatement {
         rows.into_iter().map(|(_, row)| row).collect()
     }
 
+    /// Deletes, in key order, the rows keyed as `rows` whose last writer is the row's own
+    /// (src_epoch, src_update_id).
+    async fn delete_written(
+        &self,
+        conn: &mut PgConnection,
+        rows: Vec<Vec<Value>>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut targets: Vec<(Vec<Value>, (Value, Value))> = rows
+            .into_iter()
+            .map(|row| (self.key(&row), self.order(&row)))
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let mut query = sqlx::query(AssertSqlSafe(self.delete_sql.clone()));
+        for (n, &pos) in self.key_positions.iter().enumerate() {
+            let column = targets.iter().map(|(key, _)| &key[n]);
+            query = bind_column(query, self.table, pos, self.carriers[pos], column)?;
+        }
+        let int = |v: &Value| match v {
+            Value::Int(i) => *i,
+            _ => 0,
+        };
+        let epochs: Vec<i64> = targets.iter().map(|(_, (e, _))| int(e)).collect();
+        let updates: Vec<i64> = targets.iter().map(|(_, (_, u))| int(u)).collect();
+        let result = query.bind(epochs).bind(updates).execute(conn).await?;
+        Ok(result.rows_affected())
+    }
+
     async fn execute(
         &self,
         conn: &mut PgConnection,
@@ -473,38 +573,9 @@ impl TableStatement {
         processor_version: i32,
     ) -> Result<u64, sqlx::Error> {
         let mut query = sqlx::query(AssertSqlSafe(self.sql.clone()));
-        for (i, carrier) in self.carriers.iter().enumerate() {
+        for (i, &carrier) in self.carriers.iter().enumerate() {
             let column = rows.iter().map(|row| &row[i]);
-            query = match carrier {
-                Carrier::Int => query.bind(
-                    column
-                        .map(|v| match v {
-                            Value::Int(n) => Ok(Some(*n)),
-                            Value::Null => Ok(None),
-                            other => Err(mismatch(self.table, i, other)),
-                        })
-                        .collect::<Result<Vec<Option<i64>>, _>>()?,
-                ),
-                Carrier::Bool => query.bind(
-                    column
-                        .map(|v| match v {
-                            Value::Bool(b) => Ok(Some(*b)),
-                            Value::Null => Ok(None),
-                            other => Err(mismatch(self.table, i, other)),
-                        })
-                        .collect::<Result<Vec<Option<bool>>, _>>()?,
-                ),
-                Carrier::Text => query.bind(
-                    column
-                        .map(|v| match v {
-                            Value::Text(s) => Some(s.clone()),
-                            Value::Int(n) => Some(n.to_string()),
-                            Value::Bool(b) => Some(b.to_string()),
-                            Value::Null => None,
-                        })
-                        .collect::<Vec<Option<String>>>(),
-                ),
-            };
+            query = bind_column(query, self.table, i, carrier, column)?;
         }
         let result = query.bind(processor_version).execute(conn).await?;
         Ok(result.rows_affected())
@@ -514,6 +585,46 @@ impl TableStatement {
 /// A processor field whose Rust type does not fit the column's declared type: a defect in the
 /// schema or the processor, reported as a protocol error (transient: the partition stalls with
 /// an error naming the column rather than dead-lettering every record).
+/// Binds one column of rows as the array its carrier type names (column `index` of `table`).
+fn bind_column<'q, 'v>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    table: ProjectionTable,
+    index: usize,
+    carrier: Carrier,
+    column: impl Iterator<Item = &'v Value>,
+) -> Result<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>, sqlx::Error> {
+    Ok(match carrier {
+        Carrier::Int => query.bind(
+            column
+                .map(|v| match v {
+                    Value::Int(n) => Ok(Some(*n)),
+                    Value::Null => Ok(None),
+                    other => Err(mismatch(table, index, other)),
+                })
+                .collect::<Result<Vec<Option<i64>>, _>>()?,
+        ),
+        Carrier::Bool => query.bind(
+            column
+                .map(|v| match v {
+                    Value::Bool(b) => Ok(Some(*b)),
+                    Value::Null => Ok(None),
+                    other => Err(mismatch(table, index, other)),
+                })
+                .collect::<Result<Vec<Option<bool>>, _>>()?,
+        ),
+        Carrier::Text => query.bind(
+            column
+                .map(|v| match v {
+                    Value::Text(s) => Some(s.clone()),
+                    Value::Int(n) => Some(n.to_string()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    Value::Null => None,
+                })
+                .collect::<Vec<Option<String>>>(),
+        ),
+    })
+}
+
 fn mismatch(table: ProjectionTable, index: usize, value: &Value) -> sqlx::Error {
     sqlx::Error::Protocol(format!(
         "projection {table} column #{index}: value {value:?} does not fit the declared type"
@@ -601,6 +712,25 @@ mod tests {
         assert!(
             sql.contains(
                 "UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])"
+            ),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn the_erasure_delete_matches_the_key_and_the_last_writer_only() {
+        let sql = statement().delete_sql;
+        assert!(
+            sql.contains(
+                "USING UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
+                 AS d(k0, k1, src_epoch, src_update_id)"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(
+                "t.\"bot_id\" = CAST(d.k0 AS bigint) AND t.\"user_id\" = CAST(d.k1 AS bigint) \
+                 AND t.src_epoch = d.src_epoch AND t.src_update_id = d.src_update_id"
             ),
             "{sql}"
         );

@@ -2,9 +2,13 @@
 //! dead letters need, detached from librdkafka's buffers.
 //!
 //! Guarantees: the payload, key and header bytes are copied exactly; nothing is parsed here
-//! except the producer's well-known headers, whose absence or garbage is tolerated. Their names,
-//! the key's shape and the headers' JSON form are the wire contract, [`processor::wire`].
+//! except the producer's well-known headers, whose absence or garbage is tolerated (a missing or
+//! malformed `traceparent` is no trace context, never an error). Their names, the key's shape and
+//! the headers' JSON form are the wire contract, [`processor::wire`].
 
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use processor::wire::{self, header};
 use rdkafka::Message;
 use rdkafka::message::Headers;
@@ -65,6 +69,12 @@ impl ConsumedRecord {
         self.payload.as_deref().unwrap_or_default()
     }
 
+    /// The record's digest ([`wire::record_digest`]): what the offsets row stores for the last
+    /// record it moved past.
+    pub fn value_sha256(&self) -> [u8; 32] {
+        wire::record_digest(self.payload.as_deref())
+    }
+
     /// Bytes counted against a batch's byte bound.
     pub fn size(&self) -> usize {
         self.payload.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len)
@@ -95,6 +105,14 @@ impl ConsumedRecord {
             .map(|value| String::from_utf8_lossy(value).into_owned())
     }
 
+    /// The producer's trace context (W3C `traceparent`), when the record carries a valid one.
+    pub fn trace_context(&self) -> Option<SpanContext> {
+        self.header(header::TRACEPARENT)?;
+        let context = TraceContextPropagator::new().extract(&TraceHeaders(self));
+        let span = context.span().span_context().clone();
+        span.is_valid().then_some(span)
+    }
+
     /// The headers as a JSON object for `dead_letters.headers`; values that are not UTF-8 are
     /// written as `{"hex": …}` so nothing is lost, and NUL (refused by `jsonb`) is replaced.
     pub fn headers_json(&self) -> serde_json::Value {
@@ -103,6 +121,23 @@ impl ConsumedRecord {
                 .iter()
                 .map(|(name, value)| (name.as_str(), value.as_deref())),
         )
+    }
+}
+
+/// A record's headers as the propagator reads them: the first of each name, UTF-8 only.
+struct TraceHeaders<'a>(&'a ConsumedRecord);
+
+impl Extractor for TraceHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.header_str(key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .headers
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 }
 
@@ -157,5 +192,53 @@ mod tests {
         assert_eq!(json["a"], "plain");
         assert_eq!(json["b"]["hex"], "ff00");
         assert_eq!(json["c"]["hex"], "780079");
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_the_producers_remote_span_context() {
+        let r = record(
+            None,
+            &[(
+                header::TRACEPARENT,
+                b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )],
+        );
+        let context = r.trace_context().expect("a valid traceparent");
+        assert_eq!(
+            context.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(context.span_id().to_string(), "b7ad6b7169203331");
+        assert!(context.is_remote());
+        assert!(context.is_sampled());
+    }
+
+    #[test]
+    fn a_missing_or_malformed_traceparent_is_no_context() {
+        assert_eq!(record(None, &[]).trace_context(), None);
+        for garbage in [
+            &b""[..],
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            b"00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            b"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            b"not a traceparent",
+            &[0xff, 0xfe, 0x00],
+        ] {
+            let r = record(None, &[(header::TRACEPARENT, garbage)]);
+            assert_eq!(
+                r.trace_context(),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(garbage)
+            );
+        }
+        let no_value = ConsumedRecord {
+            headers: vec![(header::TRACEPARENT.to_owned(), None)],
+            ..record(None, &[])
+        };
+        assert_eq!(no_value.trace_context(), None);
     }
 }

@@ -2,7 +2,9 @@
 //! (DESIGN.md §5.8): the offset store's and the batch writer's transactions share these two steps.
 //!
 //! Guarantees: [`begin`] bounds every statement of the transaction by `SET LOCAL
-//! statement_timeout` (and, when asked, ends the transaction of a client that stops sending);
+//! statement_timeout` and has the server end the transaction of a client that stops sending
+//! (`idle_in_transaction_session_timeout`, twice the statement timeout), so a client frozen or
+//! cut off mid-transaction never keeps its row locks for longer than that;
 //! [`roll_back`] ends a failed transaction explicitly — ROLLBACK on a healthy connection, or
 //! closing the connection when it is gone, cannot write (25006, 57P03) or ROLLBACK fails — so the
 //! pool never gets a connection back mid-transaction or connected to a node that cannot write.
@@ -15,34 +17,22 @@ use std::time::Duration;
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Executor, PgConnection, Postgres};
 
-/// What ends a transaction whose client stopped sending statements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum IdleClient {
-    /// Only the connection's own settings (a short transaction that holds no hot lock).
-    Tolerated,
-    /// The server ends the transaction after twice the statement timeout of idleness: a client
-    /// frozen mid-transaction (SIGSTOP, a VM pause) must not hold its locks for as long as the
-    /// freeze lasts.
-    EndedAfterTwiceTheStatementTimeout,
-}
-
-/// BEGIN with every statement bounded by `statement_timeout`, in one round trip.
+/// BEGIN with every statement bounded by `statement_timeout`, in one round trip. The server ends
+/// the transaction once it has been idle for twice that: every consumer transaction takes row
+/// locks on `consumer_offsets` (an ownership statement its partition's row, a batch its offset
+/// update), and a client frozen mid-transaction (SIGSTOP, a VM pause, a connection silently
+/// black-holed, where neither side's keepalive notices) must not hold them for as long as the
+/// freeze lasts, blocking every later owner and writer of the partition.
 pub(crate) async fn begin(
     conn: &mut PgConnection,
     statement_timeout: Duration,
-    idle: IdleClient,
 ) -> Result<(), sqlx::Error> {
     let timeout_ms = statement_timeout.as_millis().max(1);
-    let sql = match idle {
-        IdleClient::Tolerated => format!("BEGIN; SET LOCAL statement_timeout = {timeout_ms}"),
-        IdleClient::EndedAfterTwiceTheStatementTimeout => {
-            let idle_ms = timeout_ms.saturating_mul(2);
-            format!(
-                "BEGIN; SET LOCAL statement_timeout = {timeout_ms}; \
-                 SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"
-            )
-        }
-    };
+    let idle_ms = timeout_ms.saturating_mul(2);
+    let sql = format!(
+        "BEGIN; SET LOCAL statement_timeout = {timeout_ms}; \
+         SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"
+    );
     conn.execute(AssertSqlSafe(sql)).await.map(drop)
 }
 

@@ -135,10 +135,14 @@ pub async fn assign(
         (assigned, _) = assign_in_order(arrivals, &stored_copies, &mut bots);
     }
     if bots.values().any(|b| b.epochs.len() > b.stored.len()) {
+        // Once per opened epoch; a bot's first epoch (0) is no restart.
+        let mut logged = std::collections::HashSet::new();
         for (a, e) in arrivals.iter().zip(&assigned) {
-            if bots
-                .get(&a.bot_id)
-                .is_some_and(|b| b.opened_by(*e, a.received_at_ms))
+            if *e > 0
+                && bots
+                    .get(&a.bot_id)
+                    .is_some_and(|b| b.opened_by(*e, a.received_at_ms))
+                && logged.insert((a.bot_id, *e))
             {
                 tracing::info!(
                     bot_id = a.bot_id,

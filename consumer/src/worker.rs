@@ -22,6 +22,12 @@
 //!   once; a newer epoch is left alone and re-owned only once it has stayed unmoved for a session
 //!   timeout (a live owner moves it, or Kafka revokes the partition from us first), so two
 //!   members never fence each other back and forth;
+//! - a log that is not the one the database remembers is never read on (DESIGN.md §5.10): on
+//!   takeover, an open anomaly, a stored offset past the log end, or a record at
+//!   `next_offset - 1` whose digest differs from the one committed halts the partition (as does
+//!   an offset found past the log end later); the anomaly is recorded (`crate::log_anomalies`),
+//!   counted and shown as halted, and the worker writes nothing until an operator's replay
+//!   resolves it, then follows the rewind;
 //! - cancellation (revoke, shutdown) is observed only between writes: a write in progress ends
 //!   in COMMIT or an explicit ROLLBACK, never in a dropped future.
 //!
@@ -38,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{InflightBudget, Reservation};
 use crate::config::RetryPolicy;
+use crate::log_anomalies::{AnomalyKind, Detected, LogAnomaly};
 use crate::offsets::{OffsetStore, Ownership, Standing, StoredOffset};
 use crate::readiness::{CHECK_POSTGRES, Readiness};
 use crate::record::ConsumedRecord;
@@ -113,6 +120,13 @@ pub(crate) struct WorkerDeps {
 /// How often a worker looks at its queue even without a wake-up, as a safety net.
 const POLL_TICK: Duration = Duration::from_millis(200);
 
+/// How long a watermark request may block (off the runtime threads).
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long takeover waits for the record at `next_offset - 1` after seeking to it, per attempt.
+const VERIFY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const VERIFY_READ_ATTEMPTS: u32 = 3;
+
 pub(crate) struct PartitionWorker<L> {
     topic: Arc<str>,
     owner: Ownership,
@@ -176,6 +190,9 @@ impl<L: PartitionLog> PartitionWorker<L> {
         tracing::info!(next_offset = self.owner.next_offset, "worker started");
         self.publish_position();
         let mut buffer: VecDeque<ConsumedRecord> = VecDeque::new();
+        if let Flow::Stop(exit) = self.check_log(&mut buffer).await {
+            return exit;
+        }
         let mut first_buffered_at: Option<Instant> = None;
         // The expected offset we already re-sought for (a gap seen again after it persists).
         let mut sought_for: Option<i64> = None;
@@ -394,16 +411,251 @@ impl<L: PartitionLog> PartitionWorker<L> {
             self.publish_position();
             self.request_restart(low);
             Flow::Continue
+        } else if expected > high {
+            self.detected(
+                Detected {
+                    kind: AnomalyKind::PastLogEnd,
+                    log: (low, high),
+                    found_sha256: None,
+                },
+                buffer,
+            )
+            .await
         } else {
-            tracing::error!(
+            // The position is inside the log (librdkafka detected a truncation that new records
+            // already refilled, or the error is stale): the log must still hold the record
+            // committed last before the worker reads on.
+            tracing::warn!(
                 expected,
                 log_start = low,
                 log_end = high,
-                "stored offset is past the log end: waiting for the log to reach it"
+                "offset out of range, but the stored offset is inside the log: verifying it"
             );
-            self.request_restart(expected);
-            self.backoff(5).await
+            let flow = self.check_position((low, high), true, buffer).await;
+            if matches!(flow, Flow::Continue) {
+                // Fetching stopped at the error: restart it (again, if the check read a record).
+                self.request_restart(self.owner.next_offset);
+            }
+            flow
         }
+    }
+
+    /// The takeover checks of the partition's log (DESIGN.md §5.10): an open anomaly halts the
+    /// partition; so does a stored offset past the log end, or a record at `next_offset - 1`
+    /// whose digest differs from the one committed, which are recorded first. Watermarks the
+    /// broker cannot give now skip the checks: the fetch then fails on a position past the log
+    /// end, which is caught by [`Self::out_of_range`].
+    async fn check_log(&mut self, buffer: &mut VecDeque<ConsumedRecord>) -> Flow {
+        let mut attempt = 0u32;
+        let open = loop {
+            match self.store.open_anomaly(self.owner.partition).await {
+                Ok(open) => break open,
+                Err(e) => {
+                    tracing::warn!(attempt, "reading the partition's log anomalies failed: {e}");
+                    if let Flow::Stop(exit) = self.backoff(attempt).await {
+                        return Flow::Stop(exit);
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        };
+        if let Some(anomaly) = open {
+            return self.halt(anomaly, buffer).await;
+        }
+        let log = match self.watermarks().await {
+            Ok(watermarks) => watermarks,
+            Err(e) => {
+                tracing::warn!("cannot check the log at takeover (watermarks: {e})");
+                return Flow::Continue;
+            }
+        };
+        self.check_position(log, false, buffer).await
+    }
+
+    /// Whether the log (its `(start, end)` now) is the one the stored position belongs to: a
+    /// stored offset past its end, or a record at `next_offset - 1` other than the one committed
+    /// last, is recorded as an anomaly and halts the partition. `restart`: fetching stopped
+    /// (an out-of-range error), so reading the record needs a fetch restart, not a seek.
+    async fn check_position(
+        &mut self,
+        (low, high): (i64, i64),
+        restart: bool,
+        buffer: &mut VecDeque<ConsumedRecord>,
+    ) -> Flow {
+        let expected = self.owner.next_offset;
+        if expected > high {
+            return self
+                .detected(
+                    Detected {
+                        kind: AnomalyKind::PastLogEnd,
+                        log: (low, high),
+                        found_sha256: None,
+                    },
+                    buffer,
+                )
+                .await;
+        }
+        let Some(committed) = self.owner.last_record_sha256 else {
+            return Flow::Continue;
+        };
+        if expected <= low {
+            // The record before the position is gone from the log (retention): nothing to
+            // compare with.
+            return Flow::Continue;
+        }
+        let found = match self.read_one(expected - 1, restart).await {
+            Ok(found) => found,
+            Err(exit) => return Flow::Stop(exit),
+        };
+        match found {
+            Some(found) if found != committed => {
+                self.detected(
+                    Detected {
+                        kind: AnomalyKind::Refilled,
+                        log: (low, high),
+                        found_sha256: Some(found),
+                    },
+                    buffer,
+                )
+                .await
+            }
+            Some(_) => {
+                tracing::debug!(
+                    offset = expected - 1,
+                    "the log holds the record committed last"
+                );
+                Flow::Continue
+            }
+            None => {
+                tracing::warn!(
+                    offset = expected - 1,
+                    "could not read the record before the stored offset to verify the log"
+                );
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The log's watermarks, read off the runtime threads.
+    async fn watermarks(&self) -> anyhow::Result<(i64, i64)> {
+        let log = self.log.clone();
+        Ok(tokio::task::spawn_blocking(move || log.watermarks(WATERMARKS_TIMEOUT)).await??)
+    }
+
+    /// The digest of the record at `offset`: moves fetching to it, reads the queue until it comes
+    /// (other records are dropped), then moves fetching to `offset + 1`. `Ok(None)` when it does
+    /// not come.
+    async fn read_one(
+        &mut self,
+        offset: i64,
+        restart: bool,
+    ) -> Result<Option<[u8; 32]>, WorkerExit> {
+        let mut found = None;
+        'attempts: for _ in 0..VERIFY_READ_ATTEMPTS {
+            self.reposition(offset, restart);
+            let deadline = Instant::now() + VERIFY_READ_TIMEOUT;
+            while Instant::now() < deadline {
+                match self.log.poll() {
+                    Some(Ok(record)) if record.offset == offset => {
+                        found = Some(record.value_sha256());
+                        break 'attempts;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::AutoOffsetReset,
+                    ))) => break 'attempts,
+                    Some(Err(e)) => tracing::debug!("partition queue error: {e}"),
+                    None => {
+                        let wait =
+                            POLL_TICK.min(deadline.saturating_duration_since(Instant::now()));
+                        tokio::select! {
+                            biased;
+                            () = self.cancel.cancelled() => return Err(WorkerExit::Cancelled),
+                            () = self.notify.notified() => {}
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        }
+        // Back to where the worker reads on; records taken from the queue meanwhile come again.
+        self.reposition(offset + 1, restart);
+        Ok(found)
+    }
+
+    /// Moves fetching to `offset`: a seek, or a fetch restart when fetching stopped.
+    fn reposition(&self, offset: i64, restart: bool) {
+        if restart {
+            self.request_restart(offset);
+        } else {
+            self.seek(offset);
+        }
+    }
+
+    /// Records what the worker found and halts the partition on it; when the row moved
+    /// meanwhile (a replay, a new owner), looks at the row again instead.
+    async fn detected(
+        &mut self,
+        detected: Detected,
+        buffer: &mut VecDeque<ConsumedRecord>,
+    ) -> Flow {
+        let mut attempt = 0u32;
+        loop {
+            match self.store.record_anomaly(&self.owner, detected).await {
+                Ok(Some(anomaly)) => {
+                    self.stats.log_anomaly(detected.kind.as_str());
+                    return self.halt(anomaly, buffer).await;
+                }
+                Ok(None) => return self.reread(buffer).await,
+                Err(e) => {
+                    tracing::warn!(attempt, "recording a log anomaly failed, retrying: {e}");
+                    if let Flow::Stop(exit) = self.backoff(attempt).await {
+                        return Flow::Stop(exit);
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// Holds the partition halted on an open anomaly: nothing is fetched or written until an
+    /// operator's replay resolves it (re-read every idle re-read interval); then the worker
+    /// follows the rewind that came with the decision.
+    async fn halt(&mut self, anomaly: LogAnomaly, buffer: &mut VecDeque<ConsumedRecord>) -> Flow {
+        buffer.clear();
+        self.reservation.release();
+        let paused = self.set_paused(true);
+        self.stats.halted(self.owner.partition, true);
+        tracing::error!(
+            anomaly_id = anomaly.id,
+            kind = anomaly.kind.as_str(),
+            "{anomaly}: partition halted until an operator decides where it resumes (tgingest replay --partitions {} … --execute)",
+            anomaly.partition
+        );
+        loop {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => {
+                    self.stats.halted(self.owner.partition, false);
+                    return Flow::Stop(WorkerExit::Cancelled);
+                }
+                () = tokio::time::sleep(self.settings.idle_reread_interval) => {}
+            }
+            match self.store.open_anomaly(self.owner.partition).await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => tracing::warn!("re-reading the partition's log anomaly failed: {e}"),
+            }
+        }
+        self.stats.halted(self.owner.partition, false);
+        if paused {
+            self.set_paused(false);
+        }
+        tracing::warn!(anomaly_id = anomaly.id, "log anomaly resolved: resuming");
+        let flow = self.reread(buffer).await;
+        // librdkafka may have stopped fetching the partition (a fetch past the old log end).
+        self.request_restart(self.owner.next_offset);
+        flow
     }
 
     /// The number, bytes and interruption of the contiguous run at the buffer's front.
@@ -538,6 +790,9 @@ impl<L: PartitionLog> PartitionWorker<L> {
         self.stats.rewind_followed();
         self.owner.next_offset = stored.next_offset;
         self.owner.rewind_seq = stored.rewind_seq;
+        self.owner.topic_incarnation = stored.topic_incarnation;
+        // Whatever record now precedes the stored position, this worker did not commit it.
+        self.owner.last_record_sha256 = None;
         buffer.clear();
         self.seek(stored.next_offset);
         self.publish_position();

@@ -207,6 +207,31 @@ async fn broker_latest_skips_history_only_in_partitions_the_group_started_with()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_without_the_jsonb_copy_payloads_are_stored_as_bytes_only_and_read_by_raw_payload_jsonb()
+ {
+    let (db, broker, topic, group) = setup(2).await;
+    let manifest = produce(&broker.client_config(), &topic, &messages(1, 60, 2)).await;
+    let mut cfg = config(&broker, &group, &topic);
+    cfg.store_jsonb = false;
+    let running = RunningConsumer::start(cfg, db.pool().clone());
+    wait_for_log_end(db.pool(), &group, &manifest, Duration::from_secs(45)).await;
+    assert_invariants(db.pool(), &group, &manifest).await;
+    let (raw, with_jsonb, readable): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(payload), count(raw_payload_jsonb(payload_bytes)) \
+         FROM raw_updates",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (raw, with_jsonb, readable),
+        (60, 0, 60),
+        "bytes only, every payload readable as jsonb on demand"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_an_exhausted_inflight_budget_still_drains_every_partition_exactly_once() {
     // A budget of one byte: a worker may take one record past it, so every batch holds exactly
     // one record, workers of six partitions take turns, and nothing waits for a linger.

@@ -106,6 +106,68 @@ async fn a_batch_commits_its_rows_and_advances_the_offset_in_one_transaction() {
     assert_eq!(count(db.pool(), "SELECT count(*) FROM users").await, 1);
 }
 
+/// (stored updates, newest received_at in ms) of the test bot in the summary `status` reads.
+async fn counted(pool: &PgPool) -> (i64, Option<i64>) {
+    sqlx::query_as(
+        "SELECT coalesce(sum(updates), 0)::bigint, \
+                (extract(epoch FROM max(newest_received_at)) * 1000)::bigint \
+         FROM raw_update_counts WHERE bot_id = $1",
+    )
+    .bind(BOT)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_status_summary_counts_each_stored_update_once_through_duplicates_and_version_bumps() {
+    let db = TestDb::create().await.unwrap();
+    let (v1, v2) = (writer(db.pool(), 1).await, writer(db.pool(), 2).await);
+    let mut owner = own(db.pool()).await;
+    let five: Vec<Vec<u8>> = (1..=5)
+        .map(|i| message(i, -100, 42, i, 1_760_000_000, "hi"))
+        .collect();
+    v1.write(&mut owner, &records(0, five.clone()))
+        .await
+        .unwrap();
+    assert_eq!(counted(db.pool()).await, (5, Some(RECEIVED_AT_MS)));
+    // The same bytes again (a duplicate delivery), then with a newer processor (the stored rows'
+    // processor_version is raised, nothing is inserted): still five.
+    v1.write(&mut owner, &records(5, five.clone()))
+        .await
+        .unwrap();
+    v2.write(&mut owner, &records(10, five)).await.unwrap();
+    let bumped = count(
+        db.pool(),
+        "SELECT count(*) FROM raw_updates WHERE processor_version = 2",
+    );
+    assert_eq!(
+        bumped.await,
+        5,
+        "the version bump did not happen: the test proves nothing"
+    );
+    assert_eq!(counted(db.pool()).await, (5, Some(RECEIVED_AT_MS)));
+    // A new update received later, and an older one received earlier: six, then seven, the
+    // newest time moves forward only.
+    let later = record_received_at(
+        15,
+        message(6, -100, 42, 6, 1_760_000_000, "hi"),
+        RECEIVED_AT_MS + 60_000,
+    );
+    v1.write(&mut owner, &[later]).await.unwrap();
+    let earlier = record_received_at(
+        16,
+        message(7, -100, 42, 7, 1_760_000_000, "hi"),
+        RECEIVED_AT_MS - 60_000,
+    );
+    v1.write(&mut owner, &[earlier]).await.unwrap();
+    assert_eq!(counted(db.pool()).await, (7, Some(RECEIVED_AT_MS + 60_000)));
+    assert_eq!(
+        count(db.pool(), "SELECT count(*) FROM raw_updates").await,
+        7
+    );
+}
+
 #[tokio::test]
 async fn a_worker_with_a_stale_epoch_is_fenced_and_writes_nothing() {
     let db = TestDb::create().await.unwrap();
@@ -288,6 +350,50 @@ async fn payloads_jsonb_refuses_are_stored_as_bytes_not_dead_lettered() {
 }
 
 #[tokio::test]
+async fn without_the_jsonb_copy_payloads_are_bytes_only_and_raw_payload_jsonb_reads_them() {
+    let db = TestDb::create().await.unwrap();
+    let w = writer(db.pool(), 1)
+        .await
+        .with_jsonb(consumer::writer::JsonbPayload::Never);
+    let mut owner = own(db.pool()).await;
+    let plain = message(5, -100, 42, 1, 1_760_000_000, "hi");
+    let nul = br#"{"update_id":6,"message":{"message_id":2,"chat":{"id":-100,"type":"group","title":"t"},"date":1760000000,"text":"a\u0000b"}}"#.to_vec();
+    let surrogate = br#"{"update_id":7,"message":{"message_id":3,"chat":{"id":-100,"type":"group","title":"t"},"date":1760000000,"text":"x\ud83dy"}}"#.to_vec();
+    let summary = w
+        .write(
+            &mut owner,
+            &records(0, vec![plain.clone(), nul.clone(), surrogate.clone()]),
+        )
+        .await
+        .unwrap();
+    // One transaction: no payload was refused, because none was converted.
+    assert_eq!((summary.transactions, summary.dead_letters), (1, 0));
+    type Row = (Vec<u8>, bool, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT payload_bytes, payload IS NULL, raw_payload_jsonb(payload_bytes)::text \
+         FROM raw_updates ORDER BY update_id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let expected: String = sqlx::query_scalar("SELECT convert_from($1, 'UTF8')::jsonb::text")
+        .bind(&plain)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (plain, true, Some(expected)),
+            (nul, true, None),
+            (surrogate, true, None),
+        ]
+    );
+    assert_eq!(count(db.pool(), "SELECT count(*) FROM messages").await, 3);
+    assert_eq!(counted(db.pool()).await.0, 3);
+}
+
+#[tokio::test]
 async fn edits_out_of_order_and_before_their_message_end_with_the_newest_text_and_full_history() {
     let db = TestDb::create().await.unwrap();
     let w = writer(db.pool(), 1).await;
@@ -464,7 +570,8 @@ async fn reset(pool: &PgPool) {
         .map(|t| t.name())
         .collect();
     let sql = format!(
-        "TRUNCATE raw_updates, bot_update_epochs, dead_letters, consumer_offsets, {}",
+        "TRUNCATE raw_updates, raw_update_counts, bot_update_epochs, dead_letters, \
+         consumer_offsets, {}",
         tables.join(", ")
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -608,5 +715,13 @@ fn shuffled_duplicated_redelivery_converges_to_the_in_order_rows() {
             (projection_state(in_order_db.pool()).await, projection_state(shuffled_db.pool()).await)
         });
         prop_assert_eq!(expected, actual);
+        // The summary `status` reads counts every stored update once, however delivered.
+        let (counted, stored) = runtime.block_on(async {
+            (
+                counted(shuffled_db.pool()).await.0,
+                count(shuffled_db.pool(), "SELECT count(*) FROM raw_updates").await,
+            )
+        });
+        prop_assert_eq!(counted, stored);
     });
 }

@@ -33,6 +33,12 @@ enum MockCommand {
         available: bool,
         reply: mpsc::Sender<KafkaResult<()>>,
     },
+    SetLeader {
+        topic: String,
+        partition: i32,
+        broker: i32,
+        reply: mpsc::Sender<KafkaResult<()>>,
+    },
 }
 
 /// A mock cluster living on its own thread; `Send + Sync`, destroyed on drop.
@@ -83,6 +89,18 @@ impl MockClusterHost {
                                 cluster.broker_down(ALL_BROKERS)
                             });
                         }
+                        MockCommand::SetLeader {
+                            topic,
+                            partition,
+                            broker,
+                            reply,
+                        } => {
+                            let _ = reply.send(cluster.partition_leader(
+                                &topic,
+                                partition,
+                                Some(broker),
+                            ));
+                        }
                     }
                 }
             })
@@ -121,6 +139,27 @@ impl MockClusterHost {
     pub fn set_available(&self, available: bool) -> anyhow::Result<()> {
         self.call(|reply| MockCommand::SetAvailable { available, reply })
             .with_context(|| format!("setting mock brokers available={available}"))
+    }
+
+    /// Moves the leadership of `topic`'s `partition` to broker `broker` (ids run from 1 to the
+    /// broker count), as a controller does when a leader fails: the partition's leader epoch is
+    /// bumped and its log stays as it is, so clients still talking to the old leader are told
+    /// it is not the leader any more and must refresh their metadata.
+    /// An unknown partition or broker is an error; an unknown topic is created by librdkafka's mock
+    /// (with `partition + 1` partitions), so name an existing one.
+    pub fn set_partition_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        broker: i32,
+    ) -> anyhow::Result<()> {
+        self.call(|reply| MockCommand::SetLeader {
+            topic: topic.to_owned(),
+            partition,
+            broker,
+            reply,
+        })
+        .with_context(|| format!("moving the leader of {topic} [{partition}] to broker {broker}"))
     }
 
     /// Sends a command and waits for its answer; mock operations complete in milliseconds, so

@@ -5,7 +5,8 @@
 //! This module is the only place that spells it:
 //! - the header names ([`header`]) and the headers of an update record, in their order;
 //! - the record key: `"{bot_id}:{chat_id}"`, `"{bot_id}:u{user_id}"` or `"{bot_id}"`
-//!   ([`record_key`]), and the bot id read back from it ([`bot_id_of_key`]);
+//!   ([`record_key`]), and the bot id and subject read back from it ([`bot_id_of_key`],
+//!   [`subject_of_key`]);
 //! - the `tg-error` envelope that replaces bytes which cannot be published as an update: its
 //!   headers ([`envelope_headers`]), its value ([`envelope_value`],
 //!   [`envelope_value_identified`]), and what is read back from that value: the original bytes
@@ -112,6 +113,22 @@ pub fn record_key(bot_id: i64, subject: &Subject) -> String {
 pub fn bot_id_of_key(key: &[u8]) -> Option<i64> {
     let key = std::str::from_utf8(key).ok()?;
     key.split(':').next()?.parse().ok()
+}
+
+/// The subject a record key names, the inverse of [`record_key`]: `None` for a key of another
+/// shape.
+pub fn subject_of_key(key: &[u8]) -> Option<Subject> {
+    let key = std::str::from_utf8(key).ok()?;
+    let mut parts = key.splitn(2, ':');
+    parts.next()?.parse::<i64>().ok()?;
+    let Some(rest) = parts.next() else {
+        return Some(Subject::Bot);
+    };
+    let integer = |s: &str| s.parse::<i64>().is_ok().then(|| s.to_owned());
+    match rest.strip_prefix('u') {
+        Some(user) => integer(user).map(Subject::User),
+        None => integer(rest).map(Subject::Chat),
+    }
 }
 
 /// Why bytes could not be published as an update.
@@ -277,6 +294,12 @@ pub fn headers_from_json(headers: Option<&Value>) -> Vec<(String, Option<Vec<u8>
         .collect()
 }
 
+/// A record's identity within its log, as the consumer stores it for the last record it
+/// committed (DESIGN.md §5.10): SHA-256 of the record's value, of no bytes when it has none.
+pub fn record_digest(value: Option<&[u8]>) -> [u8; 32] {
+    Sha256::digest(value.unwrap_or_default()).into()
+}
+
 /// Bytes as lowercase hex, two digits a byte.
 pub fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -331,6 +354,23 @@ mod tests {
         );
         assert_eq!(record_key(42, &Subject::User("7".into())), "42:u7");
         assert_eq!(record_key(42, &Subject::Bot), "42");
+    }
+
+    #[test]
+    fn the_subject_is_read_back_from_every_key_shape_and_nothing_else() {
+        for subject in [
+            Subject::Chat("-100123".into()),
+            Subject::User("7".into()),
+            Subject::Bot,
+        ] {
+            assert_eq!(
+                subject_of_key(record_key(5, &subject).as_bytes()),
+                Some(subject)
+            );
+        }
+        for key in [&b"x:1"[..], b"5:ux", b"5:chat", b"\xff"] {
+            assert_eq!(subject_of_key(key), None, "{key:?}");
+        }
     }
 
     #[test]

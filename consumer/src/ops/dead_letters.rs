@@ -10,6 +10,9 @@
 //!   producer `tg-error` envelope, or (when no payload was stored) the record re-read from Kafka
 //!   by topic, partition and offset; a letter that still fails stays unresolved with its attempt
 //!   counted and the new error recorded;
+//! - a redrive honours the operators' decisions as the consumer's batches do: a record whose
+//!   data subject was erased is written scrubbed (or not at all when it is theirs), one behind
+//!   the retention horizon or with a tombstone is not written (the letter stays, saying why);
 //! - a purge never leaves a record without an effect: an unresolved letter it deletes becomes
 //!   the record's `purged` tombstone in the same statement, which a replay then keeps.
 
@@ -25,7 +28,9 @@ use super::topic::TopicReader;
 use crate::classify::{ErrorClass, classify};
 use crate::projection::ProjectionSchema;
 use crate::record::ConsumedRecord;
-use crate::writer::{Content, DeadLetterClass, JsonbPayload, PreparedRecord, RecordWriter};
+use crate::writer::{
+    Content, DeadLetterClass, Fate, JsonbPayload, PreparedRecord, RecordWriter, Withheld,
+};
 
 /// Which letters an action applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +60,8 @@ pub struct DeadLetter {
     pub last_seen: String,
     pub attempts: i32,
     pub resolved_at: Option<String>,
+    /// The topic incarnation of the record's position (DESIGN.md §5.10).
+    pub topic_incarnation: i64,
 }
 
 /// Bytes as UTF-8 text when they are, else `{"hex": …}`.
@@ -71,7 +78,7 @@ fn bytes_as_text<S: serde::Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<
 const COLUMNS: &str = "id, topic, partition, kafka_offset, bot_id, record_key, payload, headers::text, \
      error_class, error_text, (extract(epoch FROM first_seen) * 1000)::bigint, \
      (extract(epoch FROM last_seen) * 1000)::bigint, attempts, \
-     (extract(epoch FROM resolved_at) * 1000)::bigint";
+     (extract(epoch FROM resolved_at) * 1000)::bigint, topic_incarnation";
 
 type Row = (
     i64,
@@ -88,6 +95,7 @@ type Row = (
     i64,
     i32,
     Option<i64>,
+    i64,
 );
 
 fn from_row(r: Row) -> DeadLetter {
@@ -106,6 +114,7 @@ fn from_row(r: Row) -> DeadLetter {
         last_seen: format_time(r.11),
         attempts: r.12,
         resolved_at: r.13.map(format_time),
+        topic_incarnation: r.14,
     }
 }
 
@@ -209,7 +218,7 @@ pub async fn redrive(
             progress.advance(1);
             continue;
         };
-        let record = match recover_record(&letter, kafka).await {
+        let record = match recover_record(pool, &letter, kafka).await {
             Ok(record) => record,
             Err(reason) => {
                 let class = DeadLetterClass::RedriveUnrecoverable.as_str();
@@ -229,9 +238,24 @@ pub async fn redrive(
             continue;
         }
         let mut conn = pool.acquire().await.context("connecting for a redrive")?;
-        match write_and_resolve(&mut conn, &schema, &prepared, processor_version, id).await {
-            Ok(true) => outcome.redriven.push(id),
-            Ok(false) => outcome.unchanged.push(id),
+        let written = write_and_resolve(
+            &mut conn,
+            &schema,
+            &prepared,
+            letter.topic_incarnation,
+            processor_version,
+            id,
+        )
+        .await;
+        match written {
+            Ok(Redrive::Resolved) => outcome.redriven.push(id),
+            Ok(Redrive::AlreadyResolved) => outcome.unchanged.push(id),
+            Ok(Redrive::Withheld(class, text)) => {
+                note_failure(pool, id, class, text).await?;
+                outcome
+                    .still_failing
+                    .push((id, class.to_owned(), text.to_owned()));
+            }
             Err(e) => {
                 if classify(&e) == ErrorClass::Transient {
                     return Err(e).with_context(|| format!("redriving dead letter {id}"));
@@ -248,23 +272,65 @@ pub async fn redrive(
     Ok(outcome)
 }
 
-/// One transaction: raw row, projections, resolve. Returns false (and rolls back) when the
-/// letter was resolved by someone else first.
+/// What one redrive transaction did.
+enum Redrive {
+    /// Rows written, letter resolved.
+    Resolved,
+    /// Someone resolved the letter first: nothing changed.
+    AlreadyResolved,
+    /// An operator's decision withholds the record's rows (error class, text): nothing changed.
+    Withheld(&'static str, &'static str),
+}
+
+/// One transaction: raw row, projections, resolve, as the consumer's batches honour tombstones,
+/// retention and erasure ([`RecordWriter::honour`]): a record whose subject was erased is written
+/// scrubbed, one an operator decision withholds is not written. Rolls back unless it resolved
+/// the letter.
 async fn write_and_resolve(
     conn: &mut PgConnection,
     schema: &ProjectionSchema,
     prepared: &PreparedRecord,
+    topic_incarnation: i64,
     processor_version: i32,
     id: i64,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Redrive, sqlx::Error> {
     use sqlx::Connection;
     let mut tx = conn.begin().await?;
     sqlx::query("SET LOCAL statement_timeout = '60s'")
         .execute(&mut *tx)
         .await?;
     let record = &prepared.record;
-    RecordWriter::new(&record.topic, record.partition, processor_version, schema)
-        .write_updates(&mut tx, &[prepared], JsonbPayload::WhereValid)
+    let writer = RecordWriter::new(
+        &record.topic,
+        topic_incarnation,
+        record.partition,
+        processor_version,
+        schema,
+    );
+    let fates = writer
+        .honour(&mut tx, std::slice::from_ref(prepared))
+        .await?;
+    let withheld = match fates.first() {
+        Some(Fate::Erased(_)) => Some((
+            "erased",
+            "the record belongs to an erased data subject: run `tgingest forget` again to remove the letter",
+        )),
+        Some(Fate::Withheld(Withheld::Retained)) => Some((
+            "retained",
+            "the record was received before the retention horizon: purge the letter",
+        )),
+        Some(Fate::Withheld(Withheld::Tombstoned)) => Some((
+            "tombstoned",
+            "the record has a tombstone: its effect was decided, purge the letter",
+        )),
+        _ => None,
+    };
+    if let Some((class, text)) = withheld {
+        tx.rollback().await?;
+        return Ok(Redrive::Withheld(class, text));
+    }
+    writer
+        .write_allowed_updates(&mut tx, &fates, JsonbPayload::WhereValid)
         .await?;
     let resolved = sqlx::query(
         "UPDATE dead_letters SET resolved_at = now(), last_seen = now(), attempts = attempts + 1 \
@@ -275,10 +341,10 @@ async fn write_and_resolve(
     .await?;
     if resolved.rows_affected() != 1 {
         tx.rollback().await?;
-        return Ok(false);
+        return Ok(Redrive::AlreadyResolved);
     }
     tx.commit().await?;
-    Ok(true)
+    Ok(Redrive::Resolved)
 }
 
 /// Counts a failed attempt and records its error; the letter stays unresolved.
@@ -297,8 +363,11 @@ async fn note_failure(pool: &PgPool, id: i64, class: &str, text: &str) -> anyhow
     Ok(())
 }
 
-/// The Kafka record behind a letter, with the bytes to redrive as its payload.
+/// The Kafka record behind a letter, with the bytes to redrive as its payload. Kafka is read
+/// only while the partition's log is still the letter's incarnation: a recreated topic holds
+/// other records at the same offsets.
 async fn recover_record(
+    pool: &PgPool,
     letter: &DeadLetter,
     kafka: Option<&ClientConfig>,
 ) -> Result<ConsumedRecord, String> {
@@ -319,6 +388,22 @@ async fn recover_record(
                         .to_owned(),
                 );
             };
+            let current: Option<i64> = sqlx::query_scalar(
+                "SELECT max(topic_incarnation) FROM consumer_offsets \
+                 WHERE topic = $1 AND partition = $2",
+            )
+            .bind(&letter.topic)
+            .bind(letter.partition)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| format!("cannot read the partition's topic incarnation: {e}"))?;
+            if current.unwrap_or(0) != letter.topic_incarnation {
+                return Err(format!(
+                    "no payload stored, and the record's log (topic incarnation {}) was replaced (now {}): nothing to re-read",
+                    letter.topic_incarnation,
+                    current.unwrap_or(0)
+                ));
+            }
             let client = client.clone();
             let (topic, partition, offset) =
                 (letter.topic.clone(), letter.partition, letter.kafka_offset);
@@ -372,19 +457,20 @@ pub async fn purge(pool: &PgPool, selection: &Selection) -> anyhow::Result<Purge
              WHERE ($1::bigint[] IS NULL OR id = ANY($1)) \
                AND ($2::text IS NULL OR error_class = $2) \
                AND (NOT $3 OR resolved_at IS NOT NULL) \
-             RETURNING id, topic, partition, kafka_offset, bot_id, error_class, error_text, \
-                       attempts, first_seen, last_seen, resolved_at \
+             RETURNING id, topic, topic_incarnation, partition, kafka_offset, bot_id, \
+                       error_class, error_text, attempts, first_seen, last_seen, resolved_at \
          ), tombstoned AS ( \
              INSERT INTO tombstones \
-                 (kind, topic, partition, kafka_offset, bot_id, reason, detail) \
-             SELECT 'purged', topic, partition, kafka_offset, bot_id, \
+                 (kind, topic, topic_incarnation, partition, kafka_offset, bot_id, reason, \
+                  detail) \
+             SELECT 'purged', topic, topic_incarnation, partition, kafka_offset, bot_id, \
                     'dlq purge of an unresolved dead letter (' || error_class || ')', \
                     jsonb_build_object('dead_letter_id', id, 'error_class', error_class, \
                         'error_text', error_text, 'attempts', attempts, \
                         'first_seen', first_seen, 'last_seen', last_seen) \
              FROM purged WHERE resolved_at IS NULL \
-             ORDER BY topic, partition, kafka_offset \
-             ON CONFLICT (topic, partition, kafka_offset) DO NOTHING \
+             ORDER BY topic, topic_incarnation, partition, kafka_offset \
+             ON CONFLICT (topic, topic_incarnation, partition, kafka_offset) DO NOTHING \
              RETURNING 1 \
          ) \
          SELECT (SELECT count(*) FROM purged), (SELECT count(*) FROM tombstoned)",

@@ -11,11 +11,18 @@
 //! - a plan that would move a partition forward past records it has not processed is refused
 //!   unless the operator allows skipping them, since those records would end with neither rows
 //!   nor a dead letter;
+//! - a replay of a partition halted on a log anomaly (DESIGN.md §5.10) is the operator's decision
+//!   on it: the plan shows the anomaly and counts what the new log loses before the target (a
+//!   target past the new log's start needs the same permission to skip); applying it resolves
+//!   the anomaly, recording that decision, and moves the partition to the next topic
+//!   incarnation, in the rewind's transaction;
 //! - reprocessing from the database writes projections through the consumer's own upsert
 //!   ([`crate::projection::ProjectionSchema::upsert`]), so equal input rewrites nothing and a
 //!   newer processor version rewrites only rows derived from the same updates; it takes the
 //!   worker's table order (raw_updates rows in key order, then the projections), so it never
-//!   deadlocks with a live consumer.
+//!   deadlocks with a live consumer; it reads each batch inside its transaction, share-locking
+//!   the rows, so an erasure or a retention run never races it: scrubbed rows project scrubbed,
+//!   and rows behind the retention horizon are not projected (DESIGN.md §5.11).
 
 use std::collections::BTreeMap;
 
@@ -26,7 +33,8 @@ use sqlx::PgPool;
 
 use super::progress::Progress;
 use super::topic::TopicReader;
-use crate::offsets::OffsetStore;
+use crate::log_anomalies::LogAnomaly;
+use crate::offsets::{OffsetStore, RewindTarget};
 
 /// Where to rewind to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,16 +57,26 @@ pub struct PartitionPlan {
     /// The stored `next_offset`; `None` when the group has no row for the partition yet.
     pub stored: Option<i64>,
     pub target: i64,
+    /// The open log anomaly that halts the partition: this replay decides it.
+    pub anomaly: Option<LogAnomaly>,
 }
 
 impl PartitionPlan {
-    /// Where the group would continue without the replay (no row: the log start).
+    /// Where the group would continue without the replay in the log as it is now (no row, or a
+    /// stored offset that belongs to another log: the log start).
     fn current(&self) -> i64 {
-        self.stored.unwrap_or(self.log_start)
+        match (self.anomaly.is_some(), self.stored) {
+            (false, Some(stored)) => stored,
+            _ => self.log_start,
+        }
     }
 
     /// Records the group has processed and will read again.
     pub fn rereads(&self) -> i64 {
+        if self.anomaly.is_some() {
+            // None of the new log's records were processed.
+            return 0;
+        }
         (self.current() - self.target).max(0)
     }
 
@@ -138,12 +156,20 @@ pub async fn plan(
         .await
         .context("the broker lookup panicked")??;
 
-    let stored: BTreeMap<i32, i64> = OffsetStore::new(pool.clone(), group_id, topic)
+    let store = OffsetStore::new(pool.clone(), group_id, topic);
+    let stored: BTreeMap<i32, i64> = store
         .list()
         .await
         .context("reading the stored offsets")?
         .into_iter()
         .map(|row| (row.partition, row.stored.next_offset))
+        .collect();
+    let mut anomalies: BTreeMap<i32, LogAnomaly> = store
+        .open_anomalies()
+        .await
+        .context("reading the open log anomalies")?
+        .into_iter()
+        .map(|a| (a.partition, a))
         .collect();
     Ok(ReplayPlan {
         group_id: group_id.to_owned(),
@@ -157,6 +183,7 @@ pub async fn plan(
                 log_end,
                 stored: stored.get(&partition).copied(),
                 target,
+                anomaly: anomalies.remove(&partition),
             })
             .collect(),
     })
@@ -169,6 +196,9 @@ pub struct AppliedRewind {
     pub next_offset: i64,
     pub owner_epoch: i64,
     pub rewind_seq: i64,
+    pub topic_incarnation: i64,
+    /// The log anomaly this replay resolved (its id), if the partition was halted.
+    pub resolved_anomaly: Option<i64>,
 }
 
 /// Applies a plan in one statement: `next_offset = target`, `rewind_seq + 1` for every planned
@@ -191,24 +221,53 @@ pub async fn apply(
             skipping.join(", ")
         );
     }
-    let targets: Vec<(i32, i64)> = plan
+    let targets: Vec<RewindTarget> = plan
         .partitions
         .iter()
-        .map(|p| (p.partition, p.target))
+        .map(|p| RewindTarget {
+            partition: p.partition,
+            offset: p.target,
+            log: Some((p.log_start, p.log_end)),
+        })
         .collect();
     let applied = OffsetStore::new(pool.clone(), &plan.group_id, &plan.topic)
         .rewind_partitions(&targets)
         .await
         .context("rewinding the stored offsets")?
         .into_iter()
-        .map(|(partition, stored)| AppliedRewind {
-            partition,
-            next_offset: stored.next_offset,
-            owner_epoch: stored.owner_epoch,
-            rewind_seq: stored.rewind_seq,
+        .map(|rewound| AppliedRewind {
+            partition: rewound.partition,
+            next_offset: rewound.stored.next_offset,
+            owner_epoch: rewound.stored.owner_epoch,
+            rewind_seq: rewound.stored.rewind_seq,
+            topic_incarnation: rewound.stored.topic_incarnation,
+            resolved_anomaly: rewound.resolved_anomaly,
         })
         .collect();
     Ok(applied)
+}
+
+/// What `--reprocess-from-db` would do: how many raw updates it would read, with which
+/// processor version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReprocessPlan {
+    pub raw_updates: u64,
+    pub processor_version: i32,
+}
+
+/// The plan of [`reprocess_from_db`], changing nothing.
+pub async fn reprocess_plan(
+    pool: &PgPool,
+    processor_version: i32,
+) -> anyhow::Result<ReprocessPlan> {
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_updates")
+        .fetch_one(pool)
+        .await
+        .context("counting raw updates")?;
+    Ok(ReprocessPlan {
+        raw_updates: u64::try_from(total).unwrap_or(0),
+        processor_version,
+    })
 }
 
 /// What `--reprocess-from-db` did.
@@ -222,10 +281,13 @@ pub struct ReprocessSummary {
     pub rows_written: BTreeMap<String, u64>,
     /// Raw updates whose `processor_version` was raised.
     pub raw_versions_raised: u64,
+    /// Raw updates behind the retention horizon (not projected; the next retention run removes
+    /// them).
+    pub retained: u64,
 }
 
-/// (bot_id, update_id, payload_sha256, payload_bytes, update_epoch).
-type RawRow = (i64, i64, Vec<u8>, Vec<u8>, i64);
+/// (bot_id, update_id, payload_sha256, payload_bytes, update_epoch, behind the record horizon).
+type RawRow = (i64, i64, Vec<u8>, Vec<u8>, i64, bool);
 
 /// Rebuilds every projection from `raw_updates`, `batch_size` raw updates per transaction, in key
 /// order, through the consumer's projection upsert with `processor_version`.
@@ -250,28 +312,51 @@ pub async fn reprocess_from_db(
     let limit = i64::try_from(batch_size.max(1)).unwrap_or(i64::MAX);
     let mut after: (i64, i64, Vec<u8>) = (i64::MIN, i64::MIN, Vec::new());
     loop {
-        // Each update keeps the update-id epoch its first copy was assigned.
+        let mut tx = pool
+            .begin()
+            .await
+            .context("starting a reprocessing transaction")?;
+        // Read inside the transaction, rows share-locked in key order (the worker's order,
+        // DESIGN.md §5.8): an erasure scrubbing or a retention run deleting one of them waits for
+        // this batch, or this batch reads what they left. Each update keeps the update-id epoch
+        // its first copy was assigned. Rows behind the record horizon are not projected again:
+        // retention removed what they wrote.
         let batch: Vec<RawRow> = sqlx::query_as(
-            "SELECT bot_id, update_id, payload_sha256, payload_bytes, update_epoch \
-             FROM raw_updates \
-             WHERE (bot_id, update_id, payload_sha256) > ($1, $2, $3) \
-             ORDER BY bot_id, update_id, payload_sha256 \
-             LIMIT $4",
+            "SELECT r.bot_id, r.update_id, r.payload_sha256, r.payload_bytes, r.update_epoch, \
+                    coalesce(r.received_at < h.horizon, false) \
+             FROM raw_updates AS r \
+             LEFT JOIN retention_horizons AS h ON h.table_name = 'raw_updates' \
+             WHERE (r.bot_id, r.update_id, r.payload_sha256) > ($1, $2, $3) \
+             ORDER BY r.bot_id, r.update_id, r.payload_sha256 \
+             LIMIT $4 \
+             FOR SHARE OF r",
         )
         .bind(after.0)
         .bind(after.1)
         .bind(&after.2)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await
         .context("reading raw updates")?;
-        let Some(last) = batch.last() else { break };
+        let Some(last) = batch.last() else {
+            tx.rollback().await.context("ending the reprocessing")?;
+            break;
+        };
         after = (last.0, last.1, last.2.clone());
 
         let mut normalized = Vec::with_capacity(batch.len());
-        for (bot_id, update_id, _, bytes, epoch) in &batch {
+        let mut keys: Vec<(i64, i64, Vec<u8>)> = Vec::with_capacity(batch.len());
+        for (bot_id, update_id, sha, bytes, epoch, retained) in &batch {
+            if *retained {
+                summary.retained += 1;
+                continue;
+            }
+            // A scrubbed row's bytes are the scrubbed update; its key keeps the original digest.
             match processor::normalize(*bot_id, bytes) {
-                Ok(n) => normalized.push((n, *epoch)),
+                Ok(n) => {
+                    keys.push((*bot_id, *update_id, sha.clone()));
+                    normalized.push((n, *epoch));
+                }
                 Err(rejection) => {
                     summary.rejected += 1;
                     tracing::warn!(
@@ -285,17 +370,10 @@ pub async fn reprocess_from_db(
         }
         let refs: Vec<(&processor::Normalized, i64)> =
             normalized.iter().map(|(n, epoch)| (n, *epoch)).collect();
-        let bots: Vec<i64> = normalized.iter().map(|(n, _)| n.raw.bot_id).collect();
-        let updates: Vec<i64> = normalized.iter().map(|(n, _)| n.raw.update_id).collect();
-        let hashes: Vec<Vec<u8>> = normalized
-            .iter()
-            .map(|(n, _)| n.raw.payload_sha256.to_vec())
-            .collect();
+        let bots: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let updates: Vec<i64> = keys.iter().map(|k| k.1).collect();
+        let hashes: Vec<Vec<u8>> = keys.into_iter().map(|k| k.2).collect();
 
-        let mut tx = pool
-            .begin()
-            .await
-            .context("starting a reprocessing transaction")?;
         // The worker's table order (DESIGN.md §5.8): raw_updates rows first, locked in key order
         // as the worker's insert locks them, then the projections through the shared upsert.
         // The reverse order deadlocks with a consumer writing the same keys.

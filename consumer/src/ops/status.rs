@@ -1,10 +1,18 @@
 //! The status queries (DESIGN.md §9): the authoritative state of one consumer group, from the
-//! database (stored offsets, gaps, newest updates, dead letters) and the broker (log ends).
+//! database (stored offsets, gaps, newest updates, dead letters) and the broker (log ends, and
+//! the topic's durability: replication factor and `min.insync.replicas`).
 //!
 //! Guarantees: lag is computed against the database's stored offsets
 //! ([`OffsetStore::list`]), never Kafka's committed mirror (a partition without a stored row
 //! counts from the log start, as the consumer's `earliest` start policy reads it); ages are
-//! measured with the database's clock, so a skewed operator machine cannot fake freshness.
+//! measured with the database's clock, so a skewed operator machine cannot fake freshness; a
+//! partition whose log is not the one the database remembers (an open log anomaly, or a stored
+//! offset past the log end not yet recorded) is shown as such, its lag counting the whole log
+//! that waits for the operator's decision, and is always a breach (DESIGN.md §5.10). A broker
+//! that cannot report `min.insync.replicas` makes it unknown, never fails the report; a topic
+//! below what survives a broker loss is a warning ([`TopicDurability::warnings`]), not a breach.
+//! Its cost does not grow with the stored updates: the per-bot figures come from the summary the
+//! writers maintain (`raw_update_counts`), never from a scan of `raw_updates`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +23,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::time::format_time;
-use super::topic::TopicReader;
+use super::topic::{TopicDurability, TopicReader};
+use crate::log_anomalies::LogAnomaly;
 use crate::offsets::OffsetStore;
 
 /// One partition.
@@ -26,8 +35,13 @@ pub struct PartitionStatus {
     pub log_end: i64,
     /// The stored `next_offset`; `None` when the group has no row yet.
     pub stored_offset: Option<i64>,
-    /// Records between the stored offset (or the log start) and the log end.
+    /// Records between the stored offset (or the log start) and the log end; for a partition
+    /// halted or past the log end, the whole log (none of it will be read before a decision).
     pub lag: i64,
+    /// An open log anomaly halts the partition (see [`StatusReport::anomalies`]).
+    pub halted: bool,
+    /// The stored offset is above the log end (the topic was recreated or truncated).
+    pub past_log_end: bool,
     /// When the stored offset last changed (RFC 3339), if there is a row.
     pub last_write: Option<String>,
     pub last_write_age_seconds: Option<i64>,
@@ -41,9 +55,13 @@ pub struct PartitionStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BotStatus {
     pub bot_id: i64,
-    /// The newest `received_at` among the bot's stored updates (RFC 3339).
+    /// The newest `received_at` among the bot's updates ever stored (RFC 3339; a removal by
+    /// retention or erasure does not move it back).
     pub newest_update: Option<String>,
     pub age_seconds: Option<i64>,
+    /// Updates stored in `raw_updates`, from the summary the writers maintain
+    /// (`migrations/0007_raw_update_counts.sql`): reading it costs bots x partitions rows,
+    /// whatever the number of stored updates.
     pub raw_updates: i64,
 }
 
@@ -66,7 +84,11 @@ pub struct StatusReport {
     pub total_lag: i64,
     pub bots: Vec<BotStatus>,
     pub dead_letters: DeadLetterStatus,
-    /// Thresholds passed, one sentence each; empty when none (or none given).
+    /// Open log anomalies: each halts its partition until an operator's replay decides it.
+    pub anomalies: Vec<LogAnomaly>,
+    /// The topic's replication factor and `min.insync.replicas`, as the brokers report them.
+    pub durability: TopicDurability,
+    /// Thresholds passed and halted partitions, one sentence each; empty when none.
     pub breaches: Vec<String>,
 }
 
@@ -85,6 +107,7 @@ pub async fn collect(
     topic: &str,
     thresholds: Thresholds,
 ) -> anyhow::Result<StatusReport> {
+    let durability = topic_durability(client, topic).await?;
     let client = client.clone();
     let topic_owned = topic.to_owned();
     let marks = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64, i64)>> {
@@ -102,25 +125,29 @@ pub async fn collect(
         .fetch_one(pool)
         .await
         .context("reading the database clock")?;
-    let stored: BTreeMap<i32, (i64, i64, i64, i64)> =
-        OffsetStore::new(pool.clone(), group_id, topic)
-            .list()
-            .await
-            .context("reading the stored offsets")?
-            .into_iter()
-            .map(|row| {
-                let s = row.stored;
+    let store = OffsetStore::new(pool.clone(), group_id, topic);
+    let anomalies = store
+        .open_anomalies()
+        .await
+        .context("reading the open log anomalies")?;
+    let stored: BTreeMap<i32, (i64, i64, i64, i64)> = store
+        .list()
+        .await
+        .context("reading the stored offsets")?
+        .into_iter()
+        .map(|row| {
+            let s = row.stored;
+            (
+                row.partition,
                 (
-                    row.partition,
-                    (
-                        s.next_offset,
-                        s.owner_epoch,
-                        s.rewind_seq,
-                        row.updated_at_ms,
-                    ),
-                )
-            })
-            .collect();
+                    s.next_offset,
+                    s.owner_epoch,
+                    s.rewind_seq,
+                    row.updated_at_ms,
+                ),
+            )
+        })
+        .collect();
     let gaps: Vec<(i32, i64)> = sqlx::query_as(
         "SELECT partition, count(*) FROM offset_gaps WHERE group_id = $1 AND topic = $2 \
          GROUP BY partition",
@@ -136,13 +163,20 @@ pub async fn collect(
         .into_iter()
         .map(|(partition, log_start, log_end)| {
             let row = stored.get(&partition);
-            let from = row.map_or(log_start, |r| r.0);
+            let halted = anomalies.iter().any(|a| a.partition == partition);
+            let past_log_end = row.is_some_and(|r| r.0 > log_end);
+            let from = match row {
+                Some(r) if !halted && !past_log_end => r.0,
+                _ => log_start,
+            };
             PartitionStatus {
                 partition,
                 log_start,
                 log_end,
                 stored_offset: row.map(|r| r.0),
                 lag: (log_end - from).max(0),
+                halted,
+                past_log_end,
                 last_write: row.map(|r| format_time(r.3)),
                 last_write_age_seconds: row.map(|r| (now_ms - r.3).max(0) / 1000),
                 gaps: gaps.get(&partition).copied().unwrap_or(0),
@@ -152,13 +186,10 @@ pub async fn collect(
         })
         .collect();
 
-    let bots: Vec<(i64, Option<i64>, i64)> = sqlx::query_as(
-        "SELECT bot_id, (extract(epoch FROM max(received_at)) * 1000)::bigint, count(*) \
-         FROM raw_updates GROUP BY bot_id ORDER BY bot_id",
-    )
-    .fetch_all(pool)
-    .await
-    .context("reading the newest update per bot")?;
+    let bots: Vec<(i64, Option<i64>, i64)> = sqlx::query_as(crate::raw_counts::PER_BOT)
+        .fetch_all(pool)
+        .await
+        .context("reading the newest update per bot")?;
     let bots: Vec<BotStatus> = bots
         .into_iter()
         .map(|(bot_id, newest, count)| BotStatus {
@@ -187,7 +218,18 @@ pub async fn collect(
             .collect(),
     };
 
-    let mut breaches = Vec::new();
+    let mut breaches: Vec<String> = anomalies
+        .iter()
+        .map(|a| format!("partition {} is halted: {a}", a.partition))
+        .collect();
+    for p in partitions.iter().filter(|p| p.past_log_end && !p.halted) {
+        breaches.push(format!(
+            "partition {}: the stored offset {} is past the log end {} (the topic was recreated or truncated; the consumer halts it on takeover)",
+            p.partition,
+            p.stored_offset.unwrap_or_default(),
+            p.log_end
+        ));
+    }
     if let Some(max) = thresholds.max_lag {
         for p in partitions.iter().filter(|p| p.lag > max) {
             breaches.push(format!(
@@ -217,6 +259,17 @@ pub async fn collect(
         partitions,
         bots,
         dead_letters,
+        anomalies,
+        durability,
         breaches,
     })
+}
+
+/// The topic's durability as the brokers report it (see [`TopicReader::durability`]).
+async fn topic_durability(client: &ClientConfig, topic: &str) -> anyhow::Result<TopicDurability> {
+    let client = client.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || TopicReader::new(&client, &topic)?.durability())
+        .await
+        .context("the durability lookup panicked")?
 }

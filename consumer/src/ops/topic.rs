@@ -1,29 +1,83 @@
 //! A read-only view of one topic for the operator commands (DESIGN.md §9): partitions,
-//! watermarks, offsets for times, and single records by offset, through a Kafka client that never
-//! joins the group and never commits.
+//! watermarks, offsets for times, single records by offset, and the topic's durability
+//! (replication factor, `min.insync.replicas`), through a Kafka client that never joins the group
+//! and never commits.
 //!
 //! Guarantees: a time is resolved to an offset by checking the broker's answer against the
 //! timestamps of the records around it and, when they disagree, by a search between the
 //! watermarks, because brokers disagree (the mock answers "end", Tansu 0.6 answers 0 for a time
-//! past the end). Calls block: run them on a blocking thread.
+//! past the end). `min.insync.replicas` is read with DescribeConfigs where the broker answers it
+//! and is otherwise unknown (with the reason), never an error: librdkafka's mock cluster has no
+//! DescribeConfigs. Calls block: run them on a blocking thread.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::Serialize;
 
 use crate::record::ConsumedRecord;
 
 /// How long one broker request of the operator commands may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long reading the topic's configuration may take (a broker without DescribeConfigs may
+/// leave the request unanswered).
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A replication factor below this cannot lose a broker without losing or stopping writes.
+pub const DURABLE_REPLICATION_FACTOR: usize = 3;
+/// A `min.insync.replicas` below this lets `acks=all` be satisfied by a single replica.
+pub const DURABLE_MIN_INSYNC_REPLICAS: u32 = 2;
+
+/// What the topic's durability rests on, as the brokers report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TopicDurability {
+    /// Replicas per partition (the fewest of any partition), from the metadata.
+    pub replication_factor: Option<usize>,
+    /// The topic's `min.insync.replicas` (DescribeConfigs); `None` when the broker cannot say.
+    pub min_insync_replicas: Option<u32>,
+    /// Why `min_insync_replicas` is unknown (no DescribeConfigs, not reported, not permitted).
+    pub min_insync_replicas_unknown: Option<String>,
+}
+
+impl TopicDurability {
+    /// One sentence for each setting below what survives the loss of a broker: a replication
+    /// factor below 3, a `min.insync.replicas` below 2. Unknown values warn about nothing.
+    pub fn warnings(&self, topic: &str) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(rf) = self
+            .replication_factor
+            .filter(|rf| *rf < DURABLE_REPLICATION_FACTOR)
+        {
+            warnings.push(format!(
+                "topic {topic} has replication factor {rf} (below {DURABLE_REPLICATION_FACTOR}): \
+                 losing one broker can lose acknowledged updates or stop intake"
+            ));
+        }
+        if let Some(min) = self
+            .min_insync_replicas
+            .filter(|min| *min < DURABLE_MIN_INSYNC_REPLICAS)
+        {
+            warnings.push(format!(
+                "topic {topic} has min.insync.replicas {min} (below \
+                 {DURABLE_MIN_INSYNC_REPLICAS}): an acknowledged update can live on a single disk"
+            ));
+        }
+        warnings
+    }
+}
 
 /// A read-only view of one topic through a consumer that never joins a group: partitions,
 /// watermarks, offsets for times, and single records by offset. Its calls block: run them on a
 /// blocking thread.
 pub struct TopicReader {
     consumer: BaseConsumer,
+    /// The caller's client settings, for the admin request of [`TopicReader::durability`].
+    client: ClientConfig,
     topic: String,
 }
 
@@ -52,6 +106,7 @@ impl TopicReader {
             .context("creating a Kafka client to read the topic")?;
         Ok(Self {
             consumer,
+            client: client.clone(),
             topic: topic.to_owned(),
         })
     }
@@ -77,6 +132,71 @@ impl TopicReader {
         let mut ids: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
         ids.sort_unstable();
         Ok(ids)
+    }
+
+    /// The topic's replication factor (from the metadata) and `min.insync.replicas`
+    /// (DescribeConfigs, unknown with the reason where the broker cannot say). Fails only when the
+    /// metadata cannot be read.
+    pub fn durability(&self) -> anyhow::Result<TopicDurability> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), BROKER_TIMEOUT)
+            .with_context(|| format!("cannot reach the Kafka brokers to look up {}", self.topic))?;
+        let replication_factor = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .and_then(|t| t.partitions().iter().map(|p| p.replicas().len()).min());
+        let broker = metadata.brokers().first().map(|b| b.id());
+        let described = match replication_factor {
+            Some(_) => self.describe("min.insync.replicas", broker),
+            None => Err(format!("topic {} is not listed by the brokers", self.topic)),
+        };
+        let (min_insync_replicas, min_insync_replicas_unknown) = match described {
+            Ok(Some(value)) => match value.trim().parse::<u32>() {
+                Ok(min) => (Some(min), None),
+                Err(_) => (None, Some(format!("the broker reported {value:?}"))),
+            },
+            Ok(None) => (None, Some("not reported by the broker".to_owned())),
+            Err(reason) => (None, Some(reason)),
+        };
+        Ok(TopicDurability {
+            replication_factor,
+            min_insync_replicas,
+            min_insync_replicas_unknown,
+        })
+    }
+
+    /// The topic's configuration entry `name` (DescribeConfigs), asked of `broker`: `None` when
+    /// the broker does not report it; `Err` with the reason when it cannot answer.
+    ///
+    /// The producer reads the topic's configuration the same way (`publisher.rs`, for
+    /// `max.message.bytes` and `min.insync.replicas`); the two crates may not depend on each
+    /// other and no shared crate may hold Kafka I/O, so this small request exists twice.
+    fn describe(&self, name: &str, broker: Option<i32>) -> Result<Option<String>, String> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .client
+            .create()
+            .map_err(|e| format!("creating a Kafka admin client: {e}"))?;
+        let mut options = AdminOptions::new().request_timeout(Some(DESCRIBE_TIMEOUT));
+        // Any broker answers for a topic. Without a broker id librdkafka waits for the
+        // controller, which a broker without DescribeConfigs may never name (the mock cluster):
+        // the request would time out instead of failing at once as unsupported.
+        if let Some(broker) = broker {
+            options = options.broker_id(broker);
+        }
+        // librdkafka completes the request within its timeout, answered or not.
+        let resources = futures::executor::block_on(
+            admin.describe_configs([&ResourceSpecifier::Topic(&self.topic)], &options),
+        )
+        .map_err(|e| format!("DescribeConfigs failed: {e}"))?;
+        for resource in resources {
+            let resource = resource.map_err(|code| format!("DescribeConfigs failed: {code}"))?;
+            if let Some(entry) = resource.get(name) {
+                return Ok(entry.value.clone());
+            }
+        }
+        Ok(None)
     }
 
     /// (log start, log end) of a partition.

@@ -29,7 +29,7 @@ use crate::classify::{ErrorClass, classify, is_connection_loss, must_close_conne
 use crate::failpoints;
 use crate::offsets::{self, Ownership, StoredOffset};
 use crate::stats::ConsumerStats;
-use crate::transaction::{self, IdleClient};
+use crate::transaction;
 
 /// Why a write did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -137,14 +137,10 @@ impl FencedTransactions {
         &self,
         conn: &mut PgConnection,
     ) -> Result<TransactionIds, sqlx::Error> {
-        transaction::begin(
-            conn,
-            self.statement_timeout,
-            // The writer holds its partition's offsets row lock until COMMIT: a writer frozen
-            // mid-batch would otherwise block the next owner's ownership statement.
-            IdleClient::EndedAfterTwiceTheStatementTimeout,
-        )
-        .await?;
+        // The writer holds its partition's offsets row lock until COMMIT: the server ends the
+        // transaction of a writer frozen mid-batch, which would otherwise block the next owner's
+        // ownership statement.
+        transaction::begin(conn, self.statement_timeout).await?;
         let (xid, pid) = sqlx::query_as("SELECT pg_current_xact_id()::text, pg_backend_pid()")
             .fetch_one(conn)
             .await?;
@@ -158,10 +154,18 @@ impl FencedTransactions {
         conn: &mut PgConnection,
         owner: &Ownership,
         end: i64,
+        last_record_sha256: Option<&[u8; 32]>,
     ) -> Result<(), WriteError> {
-        if offsets::advance(conn, &self.group_id, &self.topic, owner, end)
-            .await
-            .map_err(WriteError::from_sqlx)?
+        if offsets::advance(
+            conn,
+            &self.group_id,
+            &self.topic,
+            owner,
+            end,
+            last_record_sha256,
+        )
+        .await
+        .map_err(WriteError::from_sqlx)?
         {
             return Ok(());
         }
