@@ -25,9 +25,12 @@
 //!
 //! [`wire`] is the Kafka wire contract around those bytes (header names, record key, the
 //! `tg-error` envelope, header JSON, hex), kept here so every crate shares it without Kafka types.
+//! [`erasure`] says what of an update belongs to a data subject and scrubs it out, so `forget`
+//! and every writer turn the same bytes into the same scrubbed bytes.
 
 mod actors;
 mod envelope;
+pub mod erasure;
 mod json_text;
 mod kind;
 mod model;
