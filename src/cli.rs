@@ -8,10 +8,18 @@
 //! This module parses and dispatches only: arguments are resolved into configuration by
 //! [`crate::config`], and the exit status follows the type of the failure ([`CommandError`]):
 //! 0 success, 1 a run-time failure, 2 a [`ConfigError`].
+//!
+//! Parsing guarantees ([`command`], [`parse`]): `--help` names the environment variable of each
+//! option but never shows its value (a variable such as `KAFKA_CLIENT_OPTIONS` may hold a
+//! secret); a value that clap cannot parse and that came from the environment is reported as a
+//! configuration error naming the variable, on one line, with status 2; the options of a
+//! subcommand (`--check-config`, the Kafka and database options) are accepted after its own
+//! subcommands too (`tgingest dlq list --check-config`).
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{
     CheckConfig, ConfigError, ConsumerArgs, DEMO_DATABASE_URL, DatabaseArgs, DemoArgs, Env,
@@ -59,6 +67,11 @@ pub enum Command {
     Dlq(DlqArgs),
     /// Show lag, stored offsets, gaps and dead letters per partition.
     Status(StatusArgs),
+    /// Remove rows older than per-table policies; records behind the horizon are never written
+    /// again (owner credentials).
+    Retention(RetentionArgs),
+    /// Erase a user's or a chat's data from every table, for good (owner credentials).
+    Forget(ForgetArgs),
     /// Run the whole pipeline on embedded defaults: simulated Telegram, in-memory broker.
     Demo(DemoArgs),
 }
@@ -129,6 +142,26 @@ pub struct StatusArgs {
     pub database: DatabaseArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    #[command(flatten)]
+    pub check: CheckConfig,
+    #[command(flatten)]
+    pub retention: crate::retention::RetentionOptions,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub check: CheckConfig,
+    #[command(flatten)]
+    pub forget: crate::forget::ForgetOptions,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
 /// How a subcommand failed; the variant decides the exit status.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -149,16 +182,101 @@ impl CommandError {
     }
 }
 
+/// The command line's definition as the binary parses it: [`Cli`] with every environment value
+/// hidden from `--help`.
+pub fn command() -> clap::Command {
+    fn hide_env_values(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|arg| arg.hide_env_values(true))
+            .mut_subcommands(hide_env_values)
+    }
+    hide_env_values(Cli::command())
+}
+
+/// Parses `args` (the program name first) with [`command`]. A value clap rejects that came from
+/// the environment is returned as the [`ConfigError`] naming its variable; any other problem
+/// (and `--help`, `--version`) as clap's error, which prints and exits itself.
+pub fn parse(args: Vec<OsString>, env: &dyn Env) -> Result<Cli, Result<ConfigError, clap::Error>> {
+    let matches = match command().try_get_matches_from(&args) {
+        Ok(matches) => matches,
+        Err(error) => return Err(env_value_error(&error, &args, env).ok_or(error)),
+    };
+    Cli::from_arg_matches(&matches).map_err(Err)
+}
+
+/// The variable named by an invalid value clap found in the environment, with why.
+fn env_value_error(error: &clap::Error, args: &[OsString], env: &dyn Env) -> Option<ConfigError> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    // Given on the command line: clap's own message names the flag the operator typed.
+    let flag = format!("--{long}");
+    let typed = args.iter().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    if typed {
+        return None;
+    }
+    let variable = env_of(&command(), long)?;
+    if env.var(&variable).as_deref() != Some(value.as_str()) {
+        return None;
+    }
+    let reason = match (error.kind(), error.get(ContextKind::ValidValue)) {
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+            format!("possible values: {}", valid.join(", "))
+        }
+        _ => std::error::Error::source(error)
+            .map_or_else(|| "invalid value".to_owned(), |e| e.to_string()),
+    };
+    Some(ConfigError::new(variable, format!("{value:?}: {reason}")))
+}
+
+/// The environment variable of the option `--long`, wherever in the command tree it is defined.
+fn env_of(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .and_then(|e| e.to_str())
+        .map(str::to_owned)
+        .or_else(|| command.get_subcommands().find_map(|sub| env_of(sub, long)))
+}
+
 /// Parses the command line, runs the subcommand and maps the outcome to an exit status:
 /// 0 success, 1 runtime failure, 2 configuration error.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os().collect(), &ProcessEnv) {
+        Ok(cli) => cli,
+        Err(Ok(config)) => {
+            eprintln!("error: {config}");
+            return ExitCode::from(2);
+        }
+        Err(Err(clap)) => clap.exit(),
+    };
     // The demo's live progress line is its output; its logs show only problems unless asked.
     let default_filter = match cli.command {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    telemetry::init_logging(cli.log_format, default_filter);
+    let traces = match telemetry::init_logging(cli.log_format, default_filter) {
+        Ok(traces) => traces,
+        Err(config) => {
+            eprintln!("error: {config}");
+            return ExitCode::from(2);
+        }
+    };
     // With the `failpoints` feature, FAILPOINTS=name=action;… arms crash windows for tests.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
@@ -172,7 +290,9 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, &ProcessEnv)) {
+    let outcome = runtime.block_on(run(cli.command, &ProcessEnv));
+    traces.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A run-time failure prints its context chain on one line.
@@ -205,9 +325,13 @@ pub async fn run(command: Command, env: &dyn Env) -> Result<(), CommandError> {
             if args.check.check_config {
                 return config_ok("producer");
             }
-            crate::service::run_service("producer", admin, args.shutdown_grace, |stop, ready| {
-                producer::run(config, stop, std::sync::Arc::new(ready))
-            })
+            crate::service::run_service(
+                "producer",
+                admin,
+                args.shutdown_grace,
+                telemetry::NO_PARTITION_SERIES_IDLE,
+                |stop, ready| producer::run(config, stop, std::sync::Arc::new(ready)),
+            )
             .await?;
         }
         Command::Consumer(args) => {
@@ -217,10 +341,12 @@ pub async fn run(command: Command, env: &dyn Env) -> Result<(), CommandError> {
             if args.check.check_config {
                 return config_ok("consumer");
             }
+            let partition_series_idle = telemetry::partition_series_idle(config.stats_interval);
             crate::service::run_service(
                 "consumer",
                 admin,
                 args.shutdown_grace,
+                partition_series_idle,
                 |stop, ready| async move {
                     let pool = crate::db::connect(&database).await?;
                     crate::db::ensure_schema_current(&pool).await?;
@@ -288,6 +414,22 @@ pub async fn run(command: Command, env: &dyn Env) -> Result<(), CommandError> {
             };
             crate::dlq::run_command(action, &args.kafka, env, &database).await?;
         }
+        Command::Retention(args) => {
+            let database = args.database.resolve(env, None, "tgingest-retention")?;
+            args.retention.check()?;
+            if args.check.check_config {
+                return config_ok("retention");
+            }
+            crate::retention::run_command(&args.retention, &database).await?;
+        }
+        Command::Forget(args) => {
+            let database = args.database.resolve(env, None, "tgingest-forget")?;
+            args.forget.check()?;
+            if args.check.check_config {
+                return config_ok("forget");
+            }
+            crate::forget::run_command(&args.forget, &database).await?;
+        }
         Command::Demo(args) => {
             let database = args
                 .database
@@ -319,5 +461,55 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    fn args(line: &str) -> Vec<OsString> {
+        line.split_whitespace().map(OsString::from).collect()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_invalid_flag_keeps_clap_s_message() {
+        let line = args("tgingest consumer --batch-max-records many");
+        let error = command().try_get_matches_from(&line).unwrap_err();
+        let e = env(&[("CONSUMER_BATCH_MAX_RECORDS", "many")]);
+        assert!(env_value_error(&error, &line, &e).is_none());
+    }
+
+    #[test]
+    fn help_hides_every_environment_value() {
+        fn check(command: &clap::Command) {
+            for arg in command.get_arguments() {
+                assert!(
+                    arg.get_env().is_none() || arg.is_hide_env_values_set(),
+                    "{} --{:?} shows its environment value",
+                    command.get_name(),
+                    arg.get_long()
+                );
+            }
+            command.get_subcommands().for_each(check);
+        }
+        check(&command());
+    }
+
+    #[test]
+    fn subcommand_options_are_accepted_after_a_nested_subcommand() {
+        let cli = parse(
+            args("tgingest dlq list --check-config --kafka-brokers k:9092 --limit 5"),
+            &env(&[]),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let Command::Dlq(dlq) = cli.command else {
+            panic!("not dlq")
+        };
+        assert!(dlq.check.check_config);
+        assert_eq!(dlq.kafka.kafka_brokers.as_deref(), Some("k:9092"));
     }
 }

@@ -4,6 +4,12 @@
 //!
 //! This module parses the arguments into a [`ReplayTarget`], renders the plan and the summary,
 //! and shows progress; the protocol (planning, the rewind, the rebuild) is the consumer's.
+//!
+//! Guarantee: nothing is changed without `--execute`. Without it the command prints the plan
+//! (as a table, or with `--json` as one JSON document) and exits 0, as
+//! `kafka-consumer-groups --reset-offsets` does without `--execute`. `--dry-run`, the old way to
+//! ask for the plan only, is still accepted (hidden) and means the default; it cannot be combined
+//! with `--execute`.
 
 use consumer::ops::format_time;
 use consumer::ops::replay::{self, ReplayPlan, ReplayTarget};
@@ -32,8 +38,15 @@ pub struct ReplayOptions {
     /// Rewind to the first record of the last DURATION (e.g. `2h`, `30m`).
     #[arg(long, value_name = "DURATION")]
     pub by_duration: Option<String>,
-    /// Print the plan (current and target offsets, records to re-read) and change nothing.
+    /// Apply the plan. Without it, replay prints the plan (current and target offsets, records
+    /// to re-read) and changes nothing.
     #[arg(long)]
+    pub execute: bool,
+    /// Print the plan (and, with --execute, what was applied) as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Accepted for compatibility: showing the plan without applying it is the default.
+    #[arg(long, hide = true, conflicts_with = "execute")]
     pub dry_run: bool,
     /// Allow moving a partition forward past records it has not processed yet (they will have
     /// neither rows nor a dead letter).
@@ -60,13 +73,18 @@ impl ReplayOptions {
             || self.by_duration.is_some()
             || !self.partitions.is_empty()
             || self.topic.is_some()
-            || self.dry_run
             || self.allow_skip;
+        if self.dry_run && self.execute {
+            return Err(ConfigError::new(
+                "--dry-run",
+                "shows the plan only, which is the default: drop it to --execute",
+            ));
+        }
         if self.reprocess_from_db {
             if kafka_options {
                 return Err(ConfigError::new(
                     "--reprocess-from-db",
-                    "reads raw_updates only: it takes no target, topic, partitions or --dry-run",
+                    "reads raw_updates only: it takes no target, topic, partitions or --allow-skip",
                 ));
             }
             return Ok(());
@@ -164,8 +182,50 @@ pub fn render_plan(plan: &ReplayPlan) -> String {
         plan.total_rereads(),
         plan.partitions.len()
     ));
+    for p in plan.partitions.iter().filter(|p| p.anomaly.is_some()) {
+        if let Some(anomaly) = &p.anomaly {
+            out.push_str(&format!(
+                "{anomaly}\n  this replay resolves it: partition {} resumes at offset {} of the new log ({} of its records skipped) in topic incarnation {}\n",
+                p.partition,
+                p.target,
+                p.skips(),
+                anomaly.topic_incarnation + 1
+            ));
+        }
+    }
     out
 }
+
+/// The plan as JSON: the plan's fields plus, per partition and in all, the records to re-read
+/// and to skip.
+pub fn plan_json(plan: &ReplayPlan) -> serde_json::Value {
+    let partitions: Vec<serde_json::Value> = plan
+        .partitions
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "partition": p.partition,
+                "log_start": p.log_start,
+                "log_end": p.log_end,
+                "stored": p.stored,
+                "target": p.target,
+                "rereads": p.rereads(),
+                "skips": p.skips(),
+                "anomaly": p.anomaly,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "group_id": plan.group_id,
+        "topic": plan.topic,
+        "target": plan.target,
+        "total_rereads": plan.total_rereads(),
+        "partitions": partitions,
+    })
+}
+
+/// What the operator is told when the plan was only shown.
+const PLAN_ONLY: &str = "plan only: nothing changed; run again with --execute to apply it";
 
 /// `tgingest replay` (after the configuration was validated).
 pub async fn run_command(
@@ -179,24 +239,7 @@ pub async fn run_command(
     let pool = crate::db::connect(database).await?;
     crate::db::ensure_schema_current(&pool).await?;
     if options.reprocess_from_db {
-        let summary = replay::reprocess_from_db(
-            &pool,
-            processor::PROCESSOR_VERSION,
-            options.batch_size,
-            &Progress::for_stderr(),
-        )
-        .await?;
-        println!(
-            "reprocessed {} raw updates with processor version {} ({} rejected, {} raw versions raised)",
-            summary.raw_updates,
-            processor::PROCESSOR_VERSION,
-            summary.rejected,
-            summary.raw_versions_raised
-        );
-        for (table, rows) in &summary.rows_written {
-            println!("  {table}: {rows} rows written");
-        }
-        return Ok(());
+        return reprocess_command(&pool, options).await;
     }
     let target = options.target(now_ms())?;
     let kafka = kafka.resolve(env)?;
@@ -210,15 +253,84 @@ pub async fn run_command(
         target,
     )
     .await?;
-    print!("{}", render_plan(&plan));
-    if options.dry_run {
-        println!("dry run: nothing changed");
+    if !options.execute {
+        if options.json {
+            print_json(&serde_json::json!({ "plan": plan_json(&plan), "executed": false }))?;
+        } else {
+            print!("{}", render_plan(&plan));
+            println!("{PLAN_ONLY}");
+        }
         return Ok(());
     }
+    if !options.json {
+        print!("{}", render_plan(&plan));
+    }
     let applied = replay::apply(&pool, &plan, options.allow_skip).await?;
+    if options.json {
+        return print_json(&serde_json::json!({
+            "plan": plan_json(&plan),
+            "executed": true,
+            "applied": applied,
+        }));
+    }
     println!(
         "rewound {} partitions of group {group_id}; running consumers re-seek within their idle re-read interval",
         applied.len()
     );
+    for rewound in applied.iter().filter(|a| a.resolved_anomaly.is_some()) {
+        println!(
+            "resolved log anomaly #{} of partition {}: it resumes at offset {} in topic incarnation {}",
+            rewound.resolved_anomaly.unwrap_or_default(),
+            rewound.partition,
+            rewound.next_offset,
+            rewound.topic_incarnation
+        );
+    }
+    Ok(())
+}
+
+/// `--reprocess-from-db`: the plan (how many raw updates, which processor version), applied
+/// only with `--execute`.
+async fn reprocess_command(pool: &sqlx::PgPool, options: &ReplayOptions) -> anyhow::Result<()> {
+    let version = processor::PROCESSOR_VERSION;
+    if !options.execute {
+        let planned = replay::reprocess_plan(pool, version).await?;
+        if options.json {
+            return print_json(&serde_json::json!({
+                "reprocess_from_db": planned,
+                "batch_size": options.batch_size,
+                "executed": false,
+            }));
+        }
+        println!(
+            "reprocess from the database: {} raw updates, rebuilt with processor version {} in transactions of {}",
+            planned.raw_updates, planned.processor_version, options.batch_size
+        );
+        println!("{PLAN_ONLY}");
+        return Ok(());
+    }
+    let summary =
+        replay::reprocess_from_db(pool, version, options.batch_size, &Progress::for_stderr())
+            .await?;
+    if options.json {
+        return print_json(&serde_json::json!({
+            "reprocess_from_db": { "processor_version": version },
+            "batch_size": options.batch_size,
+            "executed": true,
+            "summary": summary,
+        }));
+    }
+    println!(
+        "reprocessed {} raw updates with processor version {version} ({} rejected, {} raw versions raised, {} behind the retention horizon left alone)",
+        summary.raw_updates, summary.rejected, summary.raw_versions_raised, summary.retained
+    );
+    for (table, rows) in &summary.rows_written {
+        println!("  {table}: {rows} rows written");
+    }
+    Ok(())
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -16,11 +16,14 @@ use crate::admin_server::{AdminServer, Readiness};
 use crate::shutdown::install_signal_handlers;
 use crate::telemetry;
 
-/// Runs `component` until it returns, serving the admin endpoints on `admin` meanwhile.
+/// Runs `component` until it returns, serving the admin endpoints on `admin` meanwhile; the
+/// component's per-partition series that are not set for `partition_series_idle` are dropped
+/// ([`telemetry::init_metrics`]).
 pub async fn run_service<F, Fut>(
     name: &'static str,
     admin: Option<SocketAddr>,
     grace: Duration,
+    partition_series_idle: Duration,
     component: F,
 ) -> anyhow::Result<()>
 where
@@ -29,7 +32,7 @@ where
 {
     let shutdown = install_signal_handlers();
     let readiness = Readiness::default();
-    let metrics = telemetry::init_metrics();
+    let metrics = telemetry::init_metrics(partition_series_idle);
     let admin_token = CancellationToken::new();
     let admin_server = match admin {
         Some(addr) => {

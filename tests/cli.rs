@@ -215,3 +215,154 @@ fn an_http_webhook_url_is_accepted_for_a_self_hosted_bot_api_and_refused_for_the
         stderr(&out)
     );
 }
+
+#[test]
+fn status_checks_the_producer_admin_urls_before_connecting() {
+    let base = [
+        ("DATABASE_URL", "postgres://u@h/db"),
+        ("KAFKA_BROKERS", "k:9092"),
+    ];
+    let with = |urls: &'static str| {
+        let mut env = base.to_vec();
+        env.push(("STATUS_PRODUCER_ADMIN_URLS", urls));
+        env
+    };
+    let out = tgingest(
+        &["status", "--check-config", "--require-bots-ready"],
+        &with("http://producer-0:9464, http://producer-1:9464"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    for urls in [
+        "http://producer-0:9464,producer-1:9464",
+        "http://ops:pa55word@p:9464",
+    ] {
+        let out = tgingest(&["status", "--check-config"], &with(urls));
+        assert_eq!(out.status.code(), Some(2), "{urls}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "not one line: {err}");
+        assert!(
+            err.starts_with("error: invalid configuration: STATUS_PRODUCER_ADMIN_URLS: "),
+            "{err}"
+        );
+        assert!(!err.contains("pa55word"), "{err}");
+    }
+
+    let out = tgingest(&["status", "--check-config", "--require-bots-ready"], &base);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: invalid configuration: --require-bots-ready: "),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn help_never_shows_the_value_of_an_environment_variable() {
+    let marker = "s3cr3t-in-the-environment";
+    let env = [
+        (
+            "KAFKA_CLIENT_OPTIONS",
+            "sasl.oauthbearer.client.secret=s3cr3t-in-the-environment",
+        ),
+        ("KAFKA_SASL_USERNAME", marker),
+        ("KAFKA_GROUP_ID", marker),
+        ("DATABASE_SSL_MODE", marker),
+        // Wide enough that no `[env: …]` is wrapped.
+        ("COLUMNS", "1000"),
+    ];
+    let mut invocations: Vec<Vec<&str>> = vec![vec!["--help"]];
+    invocations.extend(SUBCOMMANDS.iter().map(|sub| vec![*sub, "--help"]));
+    invocations.extend(
+        ["list", "show", "redrive", "purge"]
+            .iter()
+            .map(|action| vec!["dlq", *action, "--help"]),
+    );
+    for args in invocations {
+        let out = tgingest(&args, &env);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(!text.contains(marker), "{args:?} shows a value:\n{text}");
+        if args[0] != "--help" && args[0] != "migrate" {
+            assert!(
+                text.contains("[env: KAFKA_CLIENT_OPTIONS]"),
+                "{args:?} no longer names the variable:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_invalid_value_from_the_environment_is_one_line_naming_the_variable() {
+    let cases: [(&[&str], (&str, &str), &str); 4] = [
+        (
+            &["consumer", "--check-config"],
+            ("CONSUMER_BATCH_MAX_RECORDS", "many"),
+            "invalid digit",
+        ),
+        (
+            &["consumer", "--check-config"],
+            ("CONSUMER_LINGER", "5 parsecs"),
+            "unknown time unit",
+        ),
+        (
+            &["migrate", "--check-config"],
+            ("LOG_FORMAT", "xml"),
+            "possible values: text, json",
+        ),
+        (
+            &["dlq", "list", "--check-config"],
+            ("DATABASE_ACQUIRE_TIMEOUT", "soon"),
+            "",
+        ),
+    ];
+    for (args, (variable, value), why) in cases {
+        let mut env = FULL_ENV.to_vec();
+        env.push((variable, value));
+        let out = tgingest(args, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{variable}: {err}");
+        assert_eq!(err.lines().count(), 1, "not one line: {err}");
+        assert!(
+            err.starts_with(&format!("error: invalid configuration: {variable}: ")),
+            "{err}"
+        );
+        assert!(err.contains(value) && err.contains(why), "{err}");
+    }
+    // The same value typed as a flag keeps clap's message, which names the flag.
+    let out = tgingest(
+        &["consumer", "--check-config", "--batch-max-records", "many"],
+        &FULL_ENV,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--batch-max-records"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_comma_inside_a_client_option_value_is_escaped_with_a_backslash() {
+    let mut env = FULL_ENV.to_vec();
+    env.push(("KAFKA_CLIENT_OPTIONS", r"debug=cgrp\,fetch,client.rack=eu1"));
+    for sub in ["producer", "consumer", "status"] {
+        let out = tgingest(&[sub, "--check-config"], &env);
+        assert!(out.status.success(), "{sub}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn subcommand_options_are_accepted_after_a_nested_subcommand() {
+    for args in [
+        &["dlq", "list", "--check-config"][..],
+        &["dlq", "--check-config", "list"],
+        &["dlq", "redrive", "--all", "--check-config"],
+        &["dlq", "list", "--kafka-brokers", "k:9092", "--check-config"],
+        &["dlq", "show", "7", "--log-format", "json", "--check-config"],
+    ] {
+        let out = tgingest(args, &FULL_ENV);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(stdout(&out).contains("configuration OK"), "{args:?}");
+    }
+}

@@ -40,6 +40,14 @@ async fn the_demo_stores_exactly_what_the_simulated_telegram_sent() {
         .expect("demo exits");
     let output = demo.output_text();
     assert!(status.success(), "demo failed:\n{output}");
+    // A clean run logs no error: not even rdkafka's complaint about closing the already closed
+    // group consumer when it is dropped (telemetry::is_second_consumer_close, issue #17).
+    let errors: Vec<&str> = output.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.is_empty(),
+        "a clean demo logged errors:\n{}",
+        errors.join("\n")
+    );
     // The embedded broker has one replica by design: a new user sees no durability warning.
     assert!(
         !output.contains("replication factor") && !output.contains("min.insync.replicas"),

@@ -5,13 +5,9 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
-
+use consumer::OffsetStore;
 use consumer::ops::dead_letters::{self as dlq, ListFilter, Selection};
 use consumer::record::ConsumedRecord;
-use consumer::writer::{BatchWriter, PreparedRecord};
-use consumer::{ConsumerStats, OffsetStore};
 use processor::wire::{self, EnvelopeReason, Subject, header};
 use sqlx::PgPool;
 use testkit::TestDb;
@@ -68,6 +64,7 @@ fn manifest(records: &[ConsumedRecord]) -> Vec<ProducedRecord> {
         .iter()
         .map(|r| ProducedRecord {
             topic: r.topic.clone(),
+            topic_incarnation: 0,
             partition: r.partition,
             offset: r.offset,
             key: r.key.clone(),
@@ -79,30 +76,9 @@ fn manifest(records: &[ConsumedRecord]) -> Vec<ProducedRecord> {
 
 /// Writes `records` (offsets 0..n of partition 0) through the consumer's batch writer.
 async fn consume(pool: &PgPool, records: &[ConsumedRecord]) {
-    let schema = Arc::new(
-        consumer::projection::ProjectionSchema::load(pool)
-            .await
-            .unwrap(),
-    );
-    let writer = BatchWriter::new(
-        pool.clone(),
-        GROUP,
-        TOPIC,
-        Duration::from_secs(10),
-        processor::PROCESSOR_VERSION,
-        schema,
-        Arc::new(ConsumerStats::default()),
-    );
-    let mut owner = OffsetStore::new(pool.clone(), GROUP, TOPIC)
-        .take_ownership_from(0, 0)
+    testkit::direct::write_records(pool, GROUP, TOPIC, records)
         .await
-        .unwrap();
-    let prepared: Vec<PreparedRecord> = records
-        .iter()
-        .cloned()
-        .map(PreparedRecord::prepare)
-        .collect();
-    writer.write(&mut owner, &prepared).await.unwrap();
+        .expect("the consumer's writer writes the records");
 }
 
 /// Runs the binary against the test's database.

@@ -30,6 +30,14 @@ const PROTOCOL_TABLES: &[&str] = &[
     "tombstones",
     // The partitions each consumer group started with (CONSUMER_START=latest applies to those).
     "consumer_group_starts",
+    // Partitions whose log is not the one the database remembers, and the operator's decisions.
+    "log_anomalies",
+    // Retention's horizons (the record horizon every writer honours) and erased data subjects
+    // (as digests): operators' decisions the consumer reads and may not change.
+    "retention_horizons",
+    "erased_subjects",
+    // Stored updates per (bot, partition), maintained by the writers: what `status` reads.
+    "raw_update_counts",
     // sqlx's ledger of applied migrations.
     "_sqlx_migrations",
 ];
@@ -94,14 +102,22 @@ async fn granted_role(db: &TestDb) -> (String, PgPool) {
     (role, pool)
 }
 
-/// The tables the consumer writes: every projection and protocol table but the view and the
-/// migration ledger.
+/// Relations the consumer only reads: the view, the migration ledger and the operators'
+/// retention and erasure decisions.
+const READ_ONLY: &[&str] = &[
+    "raw_update_collisions",
+    "_sqlx_migrations",
+    "retention_horizons",
+    "erased_subjects",
+];
+
+/// The tables the consumer writes: every projection and protocol table but [`READ_ONLY`].
 fn written_tables() -> Vec<&'static str> {
     ProjectionTable::ALL
         .iter()
         .map(|t| t.name())
         .chain(PROTOCOL_TABLES.iter().copied())
-        .filter(|t| !matches!(*t, "raw_update_collisions" | "_sqlx_migrations"))
+        .filter(|t| !READ_ONLY.contains(t))
         .collect()
 }
 
@@ -199,6 +215,53 @@ async fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
 }
 
 #[tokio::test]
+async fn upgrading_a_database_with_stored_updates_counts_them_for_status() {
+    let db = TestDb::create_empty().await.expect("fresh database");
+    // The schema as version 6 left it, holding updates of two bots on two partitions.
+    testkit::pg::MIGRATOR
+        .run_to(6, db.pool())
+        .await
+        .expect("migrating to version 6");
+    sqlx::query(
+        "INSERT INTO raw_updates (bot_id, update_id, payload_sha256, update_type, payload_bytes, \
+             received_at, kafka_topic, kafka_partition, kafka_offset, processor_version) \
+         SELECT 1 + i % 2, i, sha256(int8send(i)), 'message', '{}', \
+                to_timestamp(1760000000 + i), 't', i % 3 / 2, i, 1 \
+         FROM generate_series(1, 30) AS i",
+    )
+    .execute(db.pool())
+    .await
+    .expect("storing updates");
+
+    let out = migrate(db.url());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counted: Vec<(i64, i32, i64, i64)> = sqlx::query_as(
+        "SELECT bot_id, kafka_partition, updates, extract(epoch FROM newest_received_at)::bigint \
+         FROM raw_update_counts ORDER BY 1, 2",
+    )
+    .fetch_all(db.pool())
+    .await
+    .expect("reading the counts");
+    let expected: Vec<(i64, i32, i64, i64)> = sqlx::query_as(
+        "SELECT bot_id, kafka_partition, count(*), extract(epoch FROM max(received_at))::bigint \
+         FROM raw_updates GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(db.pool())
+    .await
+    .expect("counting raw updates");
+    assert_eq!(
+        expected.len(),
+        4,
+        "two bots on two partitions: {expected:?}"
+    );
+    assert_eq!(counted, expected);
+}
+
+#[tokio::test]
 async fn migrate_against_an_unreachable_server_fails_with_one_line_naming_it() {
     let port = testkit::free_port().expect("a free port");
     let out = migrate(&format!(
@@ -242,15 +305,17 @@ async fn migrate_grants_the_consumer_role_exactly_select_insert_update_and_nothi
             );
         }
     }
-    for relation in ["raw_update_collisions", "_sqlx_migrations"] {
+    for relation in READ_ONLY {
         assert!(
             has_table(pool, &role, relation, "SELECT").await,
             "{relation}"
         );
-        assert!(
-            !has_table(pool, &role, relation, "INSERT").await,
-            "INSERT on {relation} must not be granted"
-        );
+        for privilege in ["INSERT", "UPDATE", "DELETE"] {
+            assert!(
+                !has_table(pool, &role, relation, privilege).await,
+                "{privilege} on {relation} must not be granted"
+            );
+        }
     }
     assert!(
         has(

@@ -730,10 +730,10 @@ async fn reprocess_from_db_takes_the_workers_table_order_and_never_deadlocks_wit
     assert_eq!(summary.raw_versions_raised, 1);
 }
 
-/// Runs the binary with a clean environment plus `env`.
+/// The command as an operator runs it: the plan by default (a table, or JSON), changes only
+/// with `--execute`, never the epoch, and refuses skips.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn broker_the_replay_command_prints_a_dry_run_rewinds_without_touching_the_epoch_and_refuses_skips()
- {
+async fn broker_the_replay_command_shows_the_plan_unless_told_to_execute_it_and_refuses_skips() {
     let (db, broker, topic, group) = setup(2).await;
     let records: Vec<Outgoing> = (0..20_i64)
         .map(|i| {
@@ -782,23 +782,24 @@ async fn broker_the_replay_command_prints_a_dry_run_rewinds_without_touching_the
         "--topic",
         topic.as_str(),
     ];
+    let run = |extra: &[&str]| tgingest(&[&base[..], extra].concat(), &env);
+    let ok = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
 
-    let out = tgingest(
-        &[
-            &base[..],
-            &["--partitions", "0", "--to-offset", "4", "--dry-run"],
-        ]
-        .concat(),
-        &env,
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    // No flag: the plan, and nothing changed.
+    let text = ok(&run(&["--partitions", "0", "--to-offset", "4"]));
     assert!(
-        out.status.success(),
-        "{}{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
+        text.contains("nothing changed") && text.contains("--execute"),
+        "{text}"
     );
-    assert!(text.contains("dry run"), "{text}");
     let line = text
         .lines()
         .find(|l| l.split_whitespace().next() == Some("0"))
@@ -809,17 +810,66 @@ async fn broker_the_replay_command_prints_a_dry_run_rewinds_without_touching_the
         ["0", "0", "10", "10", "4", "6"],
         "partition, log start, end, stored, target, re-read: {text}"
     );
-    assert_eq!(row(0).await, before, "a dry run changes nothing");
+    assert_eq!(row(0).await, before, "showing the plan changes nothing");
 
-    let out = tgingest(
-        &[&base[..], &["--partitions", "0", "--to-offset", "4"]].concat(),
-        &env,
+    // The plan as JSON, and the old `--dry-run` still only shows it.
+    let text = ok(&run(&["--partitions", "0", "--to-offset", "4", "--json"]));
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(json["executed"], false, "{json}");
+    assert_eq!(json["plan"]["total_rereads"], 6, "{json}");
+    let p0 = &json["plan"]["partitions"][0];
+    assert_eq!(
+        (
+            &p0["partition"],
+            &p0["stored"],
+            &p0["target"],
+            &p0["rereads"],
+            &p0["skips"]
+        ),
+        (&0.into(), &10.into(), &4.into(), &6.into(), &0.into()),
+        "{json}"
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    ok(&run(&[
+        "--partitions",
+        "0",
+        "--to-offset",
+        "4",
+        "--dry-run",
+    ]));
+    assert_eq!(
+        row(0).await,
+        before,
+        "neither --json nor --dry-run changes anything"
     );
+    let out = run(&[
+        "--partitions",
+        "0",
+        "--to-offset",
+        "4",
+        "--dry-run",
+        "--execute",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--dry-run contradicts --execute"
+    );
+    assert_eq!(row(0).await, before);
+
+    // --execute applies it.
+    let text = ok(&run(&[
+        "--partitions",
+        "0",
+        "--to-offset",
+        "4",
+        "--execute",
+        "--json",
+    ]));
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(json["executed"], true, "{json}");
+    assert_eq!(json["applied"][0]["next_offset"], 4, "{json}");
     assert_eq!(
         row(0).await,
         (4, before.1, before.2 + 1),
@@ -827,10 +877,7 @@ async fn broker_the_replay_command_prints_a_dry_run_rewinds_without_touching_the
     );
     assert_eq!(row(1).await.0, 10, "partitions not named are untouched");
 
-    let out = tgingest(
-        &[&base[..], &["--partitions", "0", "--to-offset", "8"]].concat(),
-        &env,
-    );
+    let out = run(&["--partitions", "0", "--to-offset", "8", "--execute"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--allow-skip"),
@@ -839,13 +886,24 @@ async fn broker_the_replay_command_prints_a_dry_run_rewinds_without_touching_the
     );
     assert_eq!(row(0).await.0, 4, "a refused skip changes nothing");
 
-    let out = tgingest(
-        &[&base[..], &["--to-earliest", "--to-offset", "3"]].concat(),
-        &env,
-    );
+    let out = run(&["--to-earliest", "--to-offset", "3"]);
     assert_eq!(
         out.status.code(),
         Some(2),
         "two targets are a configuration error"
     );
+
+    // Rebuilding from the database: the plan counts the raw updates, --execute rebuilds.
+    let reprocess = |extra: &[&str]| {
+        tgingest(
+            &[&["replay", "--reprocess-from-db", "--json"][..], extra].concat(),
+            &[("DATABASE_URL", db.url())],
+        )
+    };
+    let json: serde_json::Value = serde_json::from_str(&ok(&reprocess(&[]))).unwrap();
+    assert_eq!(json["executed"], false, "{json}");
+    assert_eq!(json["reprocess_from_db"]["raw_updates"], 20, "{json}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&reprocess(&["--execute"]))).unwrap();
+    assert_eq!(json["executed"], true, "{json}");
+    assert_eq!(json["summary"]["raw_updates"], 20, "{json}");
 }

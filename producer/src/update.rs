@@ -9,10 +9,19 @@
 //!
 //! The key, the headers and the envelope's format are the wire contract, [`processor::wire`]; this
 //! module decides which record an update's bytes become and keeps it under the size limit.
+//!
+//! Each update gets its own trace: a root span `update` at [`component::trace::TARGET`], opened
+//! at intake ([`record_for`]) and closed when the last copy of its record is dropped (after Kafka
+//! acknowledged it, or the attempt was given up). When that span is recorded (an OpenTelemetry
+//! exporter is installed), its W3C context travels in the record's `traceparent` header, which
+//! envelopes keep; otherwise the span is disabled and no header is written.
 
 use std::fmt;
 
-use processor::wire::{self, EnvelopeReason, NO_KIND, Subject};
+use opentelemetry::propagation::{Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use processor::wire::{self, EnvelopeReason, NO_KIND, Subject, header};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -75,7 +84,7 @@ pub fn inspect(raw: &[u8]) -> Result<UpdateInfo, (EnvelopeReason, String)> {
 }
 
 /// One record ready for the topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct OutgoingRecord {
     /// The partition key.
     pub key: String,
@@ -89,19 +98,36 @@ pub struct OutgoingRecord {
     pub kind: String,
     /// Why this record is an envelope, if it is one.
     pub envelope: Option<EnvelopeReason>,
+    /// The update's trace span (see the module header); copies of the record share it.
+    pub span: tracing::Span,
 }
 
-/// Builds the record for one update's bytes received for `bot_id` at `received_at_ms`.
+/// Builds the record for one update's bytes received for `bot_id` at `received_at_ms`, and opens
+/// the update's trace span.
 pub fn record_for(
     bot_id: i64,
     raw: &[u8],
     received_at_ms: i64,
     message_max_bytes: usize,
 ) -> OutgoingRecord {
-    match inspect(raw) {
+    // A root: each update is its own trace, however long the poller or the webhook server runs.
+    // Bot id, update id and kind only: never the token, the key (a chat or user id) or the bytes.
+    let span = tracing::info_span!(
+        target: component::trace::TARGET,
+        parent: None,
+        "update",
+        otel.kind = "producer",
+        bot_id,
+        update_id = tracing::field::Empty,
+        update_type = tracing::field::Empty,
+        envelope = tracing::field::Empty,
+    );
+    let record = match inspect(raw) {
         Ok(info) => {
             let key = wire::record_key(bot_id, &info.subject);
-            let headers = wire::update_headers(bot_id, info.update_id, &info.kind, received_at_ms);
+            let mut headers =
+                wire::update_headers(bot_id, info.update_id, &info.kind, received_at_ms);
+            trace_header(&span, &mut headers);
             let record = OutgoingRecord {
                 key,
                 value: raw.to_vec(),
@@ -109,6 +135,7 @@ pub fn record_for(
                 update_id: Some(info.update_id),
                 kind: info.kind,
                 envelope: None,
+                span,
             };
             if fits(&record, message_max_bytes) {
                 record
@@ -127,15 +154,47 @@ pub fn record_for(
             }
         }
         Err((reason, detail)) => {
+            let mut headers = wire::unidentified_headers(bot_id, received_at_ms);
+            trace_header(&span, &mut headers);
             let base = OutgoingRecord {
                 key: wire::record_key(bot_id, &Subject::Bot),
                 value: Vec::new(),
-                headers: wire::unidentified_headers(bot_id, received_at_ms),
+                headers,
                 update_id: None,
                 kind: NO_KIND.to_owned(),
                 envelope: None,
+                span,
             };
             envelope_for(&base, raw, reason, &detail, message_max_bytes)
+        }
+    };
+    if let Some(update_id) = record.update_id {
+        record.span.record("update_id", update_id);
+    }
+    record.span.record("update_type", record.kind.as_str());
+    record
+}
+
+/// Appends the `traceparent` header of `span` when it is recorded (an exporter is installed).
+fn trace_header(span: &tracing::Span, headers: &mut Vec<(&'static str, String)>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if span.is_disabled() {
+        return;
+    }
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&context, &mut TraceHeader(headers));
+    }
+}
+
+/// Takes the `traceparent` the propagator writes; `tracestate` (empty for our root spans) is not
+/// part of the wire contract.
+struct TraceHeader<'a>(&'a mut Vec<(&'static str, String)>);
+
+impl Injector for TraceHeader<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if key == header::TRACEPARENT {
+            self.0.push((header::TRACEPARENT, value));
         }
     }
 }
@@ -167,6 +226,7 @@ pub fn identified_envelope(
     reason: EnvelopeReason,
     detail: &str,
 ) -> OutgoingRecord {
+    record.span.record("envelope", reason.as_str());
     OutgoingRecord {
         key: record.key.clone(),
         value: wire::envelope_value_identified(reason, detail, raw),
@@ -174,6 +234,7 @@ pub fn identified_envelope(
         update_id: record.update_id,
         kind: record.kind.clone(),
         envelope: Some(reason),
+        span: record.span.clone(),
     }
 }
 
@@ -459,5 +520,102 @@ mod tests {
             seen += 1;
         }
         assert!(seen > 10, "only {seen} fixtures found in {dir}");
+    }
+
+    /// Runs `f` with a subscriber that records the trace spans into an in-memory exporter, and
+    /// returns what `f` returned and the finished spans.
+    fn traced<T>(f: impl FnOnce() -> T) -> (T, Vec<opentelemetry_sdk::trace::SpanData>) {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let out = tracing::subscriber::with_default(subscriber, f);
+        (out, exporter.get_finished_spans().unwrap())
+    }
+
+    #[test]
+    fn without_a_trace_exporter_no_traceparent_is_written() {
+        let raw = br#"{"update_id":5,"message":{"chat":{"id":1},"text":"x"}}"#;
+        let record = record_for(42, raw, 0, 1_000_000);
+        assert!(record.span.is_disabled());
+        assert_eq!(header(&record, wire::header::TRACEPARENT), None);
+        assert_eq!(record.headers, wire::update_headers(42, 5, "message", 0));
+    }
+
+    #[test]
+    fn an_update_carries_the_traceparent_of_its_own_root_span_until_dropped() {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let raw = br#"{"update_id":5,"message":{"chat":{"id":-100123},"text":"secret text"}}"#;
+        let ((record, context, second), spans_before) = traced(|| {
+            let _poller = tracing::info_span!("poller").entered();
+            let record = record_for(42, raw, 0, 1_000_000);
+            let second = record_for(42, raw, 0, 1_000_000);
+            let context = record.span.context().span().span_context().clone();
+            (record, context, second)
+        });
+        assert!(
+            spans_before.iter().all(|s| s.name != "update"),
+            "open while the records live: {spans_before:?}"
+        );
+        assert!(context.is_valid() && context.is_sampled());
+        let expected = format!("00-{}-{}-01", context.trace_id(), context.span_id());
+        assert_eq!(
+            header(&record, wire::header::TRACEPARENT),
+            Some(expected.as_str())
+        );
+        // Its own trace, not the poller's: each update is a root.
+        let other = header(&second, wire::header::TRACEPARENT).unwrap();
+        assert!(!other.contains(&context.trace_id().to_string()), "{other}");
+        // The header counts against the size limit like any other.
+        assert!(fits(&record, 1_000_000));
+
+        let envelope = identified_envelope(&record, raw, EnvelopeReason::TooLarge, "big");
+        assert_eq!(
+            header(&envelope, wire::header::TRACEPARENT),
+            Some(expected.as_str()),
+            "an envelope stays in the update's trace"
+        );
+    }
+
+    #[test]
+    fn the_update_span_names_the_bot_update_and_kind_and_nothing_of_the_content() {
+        use opentelemetry::Value;
+        let raw = br#"{"update_id":77,"message":{"chat":{"id":-100123},"text":"secret text"}}"#;
+        let (_, spans) = traced(|| {
+            let _poller = tracing::info_span!("poller").entered();
+            let record = record_for(42, raw, 0, 1_000_000);
+            drop(identified_envelope(
+                &record,
+                raw,
+                EnvelopeReason::TooLarge,
+                "big",
+            ));
+        });
+        let names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names, ["update", "poller"]);
+        let span = &spans[0];
+        assert_eq!(span.span_kind, opentelemetry::trace::SpanKind::Producer);
+        assert_eq!(
+            span.parent_span_id,
+            opentelemetry::trace::SpanId::INVALID,
+            "a root"
+        );
+        let attribute = |name: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == name)
+                .map(|kv| kv.value.clone())
+        };
+        assert_eq!(attribute("bot_id"), Some(Value::I64(42)));
+        assert_eq!(attribute("update_id"), Some(Value::I64(77)));
+        assert_eq!(attribute("update_type"), Some(Value::from("message")));
+        assert_eq!(attribute("envelope"), Some(Value::from("too_large")));
+        let all = format!("{:?}", span.attributes);
+        assert!(!all.contains("secret") && !all.contains("100123"), "{all}");
     }
 }

@@ -1,4 +1,5 @@
-//! Where the admin server (`/healthz`, `/readyz`, `/metrics`) listens, or that it is off.
+//! Where the admin server (`/healthz`, `/readyz`, `/units`, `/metrics`) listens, or that it is
+//! off.
 
 use std::net::SocketAddr;
 
@@ -7,7 +8,8 @@ use super::error::ConfigError;
 /// Where the admin server (health, readiness, metrics) listens.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArgs {
-    /// Address of the admin HTTP server (/healthz, /readyz, /metrics); `off` disables it.
+    /// Address of the admin HTTP server (/healthz, /readyz, /units, /metrics); `off` disables
+    /// it.
     #[arg(long, env = "ADMIN_LISTEN", default_value = "0.0.0.0:9464")]
     pub admin_listen: String,
 }

@@ -40,6 +40,11 @@ pub struct ConsumerArgs {
     /// `statement_timeout` of every batch transaction.
     #[arg(long, env = "CONSUMER_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub statement_timeout: Duration,
+    /// Whether raw payloads are also stored as `jsonb` (`raw_updates.payload`). `false` keeps the
+    /// exact bytes only (PostgreSQL spends less CPU and storage per update); queries then read
+    /// `raw_payload_jsonb(payload_bytes)`, which is NULL where `jsonb` refuses the payload.
+    #[arg(long, env = "CONSUMER_STORE_JSONB", default_value_t = true, action = clap::ArgAction::Set)]
+    pub store_jsonb: bool,
     /// Partition assignment strategy of the group.
     #[arg(
         long,
@@ -48,8 +53,9 @@ pub struct ConsumerArgs {
         default_value = "cooperative-sticky"
     )]
     pub assignment_strategy: Assignment,
-    /// Static group membership (e.g. the pod name), so a restart within the session timeout
-    /// keeps the partitions without a rebalance.
+    /// Static group membership: an id stable across restarts of one member (a StatefulSet
+    /// pod's name, not a Deployment's, which changes every rollout), so a restart within the
+    /// session timeout keeps the partitions without a rebalance.
     #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
     pub group_instance_id: Option<String>,
     /// librdkafka `session.timeout.ms`: how long a silent member keeps its partitions.
@@ -63,6 +69,11 @@ pub struct ConsumerArgs {
     /// buffered or in batches being written; bounds memory whatever the partition count.
     #[arg(long, env = "CONSUMER_MAX_INFLIGHT_BYTES", default_value_t = ::consumer::config::DEFAULT_MAX_INFLIGHT_BYTES)]
     pub max_inflight_bytes: usize,
+    /// How often the per-partition gauges (lag, record age, last commit, halted) are computed
+    /// from the broker's statistics; a partition this process no longer owns loses its series
+    /// after three intervals.
+    #[arg(long, env = "CONSUMER_STATS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stats_interval: Duration,
     /// How long SIGTERM may take to finish in-flight batches before the process gives up.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -103,6 +114,7 @@ impl ConsumerArgs {
             StartFrom::Latest => ::consumer::StartPolicy::Latest,
         };
         config.statement_timeout = self.statement_timeout;
+        config.store_jsonb = self.store_jsonb;
         config.assignment_strategy = match self.assignment_strategy {
             Assignment::Range => ::consumer::AssignmentStrategy::Range,
             Assignment::Roundrobin => ::consumer::AssignmentStrategy::RoundRobin,
@@ -112,6 +124,13 @@ impl ConsumerArgs {
         config.session_timeout = self.session_timeout;
         config.queued_max_kbytes_per_partition = self.queue_kbytes_per_partition;
         config.max_inflight_bytes = self.max_inflight_bytes;
+        if self.stats_interval < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "CONSUMER_STATS_INTERVAL",
+                "must be at least 100ms",
+            ));
+        }
+        config.stats_interval = self.stats_interval;
         config.validate()?;
         Ok(config)
     }

@@ -1,7 +1,9 @@
 //! PostgreSQL settings: the connection URL (a secret), TLS, pool size and acquire timeout.
 //!
 //! Guarantees: the URL is never echoed, not even in an error (it may carry a password); a
-//! resolved [`DatabaseConfig`] tags its connections with the command's `application_name`.
+//! resolved [`DatabaseConfig`] tags its connections with the command's `application_name`
+//! unless the URL's `application_name` parameter (or libpq's `PGAPPNAME`) names one, so an
+//! operator can tell processes apart in `pg_stat_activity`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -17,17 +19,22 @@ use super::error::ConfigError;
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// Maximum connections in the pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
     pub database_max_connections: u32,
     /// TLS mode for PostgreSQL (disable, allow, prefer, require, verify-ca, verify-full);
     /// overrides `sslmode` in DATABASE_URL.
-    #[arg(long, env = "DATABASE_SSL_MODE")]
+    #[arg(long, global = true, env = "DATABASE_SSL_MODE")]
     pub database_ssl_mode: Option<String>,
     /// CA certificate file used to verify the PostgreSQL server (verify-ca / verify-full).
-    #[arg(long, env = "DATABASE_SSL_ROOT_CERT")]
+    #[arg(long, global = true, env = "DATABASE_SSL_ROOT_CERT")]
     pub database_ssl_root_cert: Option<PathBuf>,
     /// How long to wait for a pooled connection before the attempt counts as failed.
-    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub database_acquire_timeout: Duration,
 }
 
@@ -87,8 +94,11 @@ impl DatabaseArgs {
                 "must be at least 1",
             ));
         }
+        if options.get_application_name().is_none() {
+            options = options.application_name(application_name);
+        }
         Ok(DatabaseConfig {
-            options: options.application_name(application_name),
+            options,
             max_connections: self.database_max_connections,
             acquire_timeout: self.database_acquire_timeout,
         })
@@ -123,6 +133,15 @@ mod tests {
     use super::*;
     use crate::config::env::test_env;
 
+    fn args() -> DatabaseArgs {
+        DatabaseArgs {
+            database_max_connections: 4,
+            database_ssl_mode: None,
+            database_ssl_root_cert: None,
+            database_acquire_timeout: Duration::from_secs(1),
+        }
+    }
+
     #[test]
     fn a_bad_database_url_is_named_without_echoing_the_password() {
         let err = parse_database_url("mysql://u:s3cret@h/db").unwrap_err();
@@ -134,12 +153,7 @@ mod tests {
 
     #[test]
     fn a_missing_database_url_names_the_setting() {
-        let args = DatabaseArgs {
-            database_max_connections: 4,
-            database_ssl_mode: None,
-            database_ssl_root_cert: None,
-            database_acquire_timeout: Duration::from_secs(1),
-        };
+        let args = args();
         let err = args.resolve(&test_env(&[]), None, "t").unwrap_err();
         assert_eq!(err.setting, "DATABASE_URL");
         let ok = args
@@ -150,5 +164,30 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ok.options.get_database(), Some("db"));
+    }
+
+    #[test]
+    fn the_urls_application_name_wins_over_the_commands() {
+        let args = args();
+        let url = "postgres://u@h/db?application_name=consumer-eu-1";
+        let named = args
+            .resolve(
+                &test_env(&[("DATABASE_URL", url)]),
+                None,
+                "tgingest-consumer",
+            )
+            .unwrap();
+        assert_eq!(named.options.get_application_name(), Some("consumer-eu-1"));
+        let plain = args
+            .resolve(
+                &test_env(&[("DATABASE_URL", "postgres://u@h/db")]),
+                None,
+                "tgingest-consumer",
+            )
+            .unwrap();
+        assert_eq!(
+            plain.options.get_application_name(),
+            Some("tgingest-consumer")
+        );
     }
 }

@@ -17,31 +17,37 @@ use super::error::ConfigError;
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "KAFKA_BROKERS")]
+    #[arg(long, global = true, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// Topic that carries Telegram updates.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "tg.updates")]
+    #[arg(long, global = true, env = "KAFKA_TOPIC", default_value = "tg.updates")]
     pub kafka_topic: String,
     /// plaintext, ssl, sasl_plaintext or sasl_ssl.
-    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", default_value = "plaintext")]
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_SECURITY_PROTOCOL",
+        default_value = "plaintext"
+    )]
     pub kafka_security_protocol: String,
     /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a sasl_* protocol; password in
     /// KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE).
-    #[arg(long, env = "KAFKA_SASL_MECHANISM")]
+    #[arg(long, global = true, env = "KAFKA_SASL_MECHANISM")]
     pub kafka_sasl_mechanism: Option<String>,
-    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    #[arg(long, global = true, env = "KAFKA_SASL_USERNAME")]
     pub kafka_sasl_username: Option<String>,
     /// CA certificate(s) used to verify the brokers.
-    #[arg(long, env = "KAFKA_SSL_CA_LOCATION")]
+    #[arg(long, global = true, env = "KAFKA_SSL_CA_LOCATION")]
     pub kafka_ssl_ca_location: Option<PathBuf>,
     /// Client certificate for mutual TLS (key password in KAFKA_SSL_KEY_PASSWORD[_FILE]).
-    #[arg(long, env = "KAFKA_SSL_CERTIFICATE_LOCATION")]
+    #[arg(long, global = true, env = "KAFKA_SSL_CERTIFICATE_LOCATION")]
     pub kafka_ssl_certificate_location: Option<PathBuf>,
-    #[arg(long, env = "KAFKA_SSL_KEY_LOCATION")]
+    #[arg(long, global = true, env = "KAFKA_SSL_KEY_LOCATION")]
     pub kafka_ssl_key_location: Option<PathBuf>,
     /// Extra librdkafka properties, `key=value` pairs separated by commas (e.g.
-    /// `client.rack=eu1,socket.keepalive.enable=true`). Applied last.
-    #[arg(long, env = "KAFKA_CLIENT_OPTIONS", value_delimiter = ',')]
+    /// `client.rack=eu1,socket.keepalive.enable=true`); a comma inside a value is written `\,`
+    /// (`debug=cgrp\,fetch`), a backslash before a comma `\\`. Applied last.
+    #[arg(long, global = true, env = "KAFKA_CLIENT_OPTIONS")]
     pub kafka_client_options: Vec<String>,
 }
 
@@ -200,7 +206,12 @@ impl KafkaArgs {
             client.set("ssl.key.password", password.expose_secret());
         }
 
-        for option in self.kafka_client_options.iter().filter(|o| !o.is_empty()) {
+        let options: Vec<String> = self
+            .kafka_client_options
+            .iter()
+            .flat_map(|list| split_client_options(list))
+            .collect();
+        for option in options.iter().filter(|o| !o.is_empty()) {
             let Some((key, value)) = option.split_once('=') else {
                 return Err(ConfigError::new(
                     "KAFKA_CLIENT_OPTIONS",
@@ -217,6 +228,26 @@ impl KafkaArgs {
             client,
         })
     }
+}
+
+/// Splits a KAFKA_CLIENT_OPTIONS list at its commas, except escaped ones: `\,` is a comma in a
+/// value and `\\` a backslash; any other backslash is kept as written.
+pub fn split_client_options(list: &str) -> Vec<String> {
+    let mut options = Vec::new();
+    let mut current = String::new();
+    let mut chars = list.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(&next @ (',' | '\\'))) => {
+                current.push(next);
+                chars.next();
+            }
+            (',', _) => options.push(std::mem::take(&mut current)),
+            (c, _) => current.push(c),
+        }
+    }
+    options.push(current);
+    options
 }
 
 /// Kafka settings resolved before the broker runs: [`EmbeddedKafka::with_brokers`] completes
@@ -293,6 +324,30 @@ mod tests {
             args.resolve(&test_env(&[])).unwrap_err().setting,
             "KAFKA_BROKERS"
         );
+    }
+
+    #[test]
+    fn client_options_split_at_unescaped_commas() {
+        assert_eq!(
+            split_client_options(r"debug=cgrp\,fetch,client.rack=eu1"),
+            ["debug=cgrp,fetch", "client.rack=eu1"]
+        );
+        assert_eq!(split_client_options(r"a=x\\,b=y"), [r"a=x\", "b=y"]);
+        assert_eq!(
+            split_client_options(r"ssl.ca.location=C:\certs\ca.pem"),
+            [r"ssl.ca.location=C:\certs\ca.pem"]
+        );
+        assert_eq!(split_client_options(""), [""]);
+    }
+
+    #[test]
+    fn a_client_option_value_with_an_escaped_comma_reaches_librdkafka_whole() {
+        let mut args = kafka_args();
+        args.kafka_client_options = vec![r"debug=cgrp\,fetch,client.rack=eu1".into()];
+        let config = args.resolve(&test_env(&[])).unwrap();
+        assert_eq!(config.client.get("debug"), Some("cgrp,fetch"));
+        assert_eq!(config.client.get("client.rack"), Some("eu1"));
+        validate_kafka_client(&config).unwrap();
     }
 
     #[test]

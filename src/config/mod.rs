@@ -1,7 +1,7 @@
 //! Configuration: every subcommand's arguments and environment resolved into the validated
 //! settings the libraries and commands take. One submodule per thing configured: PostgreSQL
 //! (`database`), Kafka (`kafka`), the admin server (`admin`), the producer (`producer`),
-//! the consumer (`consumer`) and the demo (`demo`).
+//! the consumer (`consumer`), the demo (`demo`) and the producers `status` asks (`status`).
 //!
 //! Every setting comes from a flag or an environment variable (clap `env`). Secrets — bot tokens,
 //! the database URL, Kafka SASL and key passwords — come only from the environment or from a file
@@ -24,6 +24,7 @@ mod env;
 mod error;
 mod kafka;
 mod producer;
+mod status;
 
 pub use admin::AdminArgs;
 pub use check::CheckConfig;
@@ -34,3 +35,4 @@ pub use env::{Env, ProcessEnv, secret};
 pub use error::ConfigError;
 pub use kafka::{EmbeddedKafka, KafkaArgs, KafkaConfig, validate_kafka_client};
 pub use producer::{ProducerArgs, ProducerMode, bot_tokens};
+pub use status::ProducerAdminArgs;

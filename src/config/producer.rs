@@ -46,6 +46,11 @@ pub struct ProducerArgs {
     /// with the secret at startup.
     #[arg(long, env = "WEBHOOK_PUBLIC_URL")]
     pub webhook_public_url: Option<String>,
+    /// How long one publish attempt may wait for Kafka's acknowledgement (librdkafka's
+    /// `message.timeout.ms`): then polling retries it, and a webhook request is answered 503
+    /// (Telegram retries) and readiness turns not ready.
+    #[arg(long, env = "KAFKA_DELIVERY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub kafka_delivery_timeout: Duration,
     /// How long SIGTERM may take to finish and confirm the batch in flight.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -77,6 +82,7 @@ impl ProducerArgs {
         };
         let mut config =
             ::producer::ProducerConfig::new(api_url, tokens, kafka.topic, kafka.client);
+        config.delivery_timeout = self.kafka_delivery_timeout;
         config.mode = match self.producer_mode {
             ProducerMode::Polling => ::producer::IntakeMode::Polling(::producer::PollingConfig {
                 timeout: self.telegram_poll_timeout,
@@ -155,8 +161,8 @@ fn operator_name(setting: Setting) -> &'static str {
         Setting::PollingRequestTimeout => "TELEGRAM_POLL_TIMEOUT",
         Setting::WebhookPublicUrl => "WEBHOOK_PUBLIC_URL",
         Setting::AutoCreateTopics => "KAFKA_CLIENT_OPTIONS",
+        Setting::DeliveryTimeout => "KAFKA_DELIVERY_TIMEOUT",
         Setting::MessageMaxBytes
-        | Setting::DeliveryTimeout
         | Setting::Backoff
         | Setting::PollingLimit
         | Setting::WebhookBodyTimeout
@@ -241,6 +247,6 @@ mod tests {
         config.tokens = vec![SecretString::from("1:a".to_owned())];
         config.delivery_timeout = Duration::ZERO;
         let err = ConfigError::from(config.validate().unwrap_err());
-        assert_eq!(err.setting, "delivery_timeout");
+        assert_eq!(err.setting, "KAFKA_DELIVERY_TIMEOUT");
     }
 }

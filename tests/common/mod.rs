@@ -43,3 +43,39 @@ pub fn tgingest(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     }
     cmd.output().expect("running tgingest")
 }
+
+/// The operator's `replay --to-earliest --execute` of every partition, then waits until
+/// `running` has read the whole topic (`manifest`) again and the stored offsets are back at the
+/// log ends.
+pub async fn replay_everything_and_wait(
+    db: &TestDb,
+    broker: &TestBroker,
+    group: &str,
+    topic: &str,
+    running: &RunningConsumer,
+    manifest: &[testkit::invariants::ProducedRecord],
+) {
+    use consumer::ops::replay::{self, ReplayTarget};
+    let consumed_before = running.consumed();
+    let plan = replay::plan(
+        db.pool(),
+        &broker.client_config(),
+        group,
+        topic,
+        &[],
+        ReplayTarget::Earliest,
+    )
+    .await
+    .expect("the replay plan");
+    replay::apply(db.pool(), &plan, false)
+        .await
+        .expect("the replay applies");
+    let total = manifest.len() as u64;
+    testkit::wait_until(
+        Duration::from_secs(30),
+        "the consumer re-reads the whole topic",
+        || async { running.consumed() >= consumed_before + total },
+    )
+    .await;
+    testkit::sink::wait_for_log_end(db.pool(), group, manifest, LOG_END_TIMEOUT).await;
+}
