@@ -2,21 +2,40 @@
 //! effect is in PostgreSQL exactly once (DESIGN.md §5), for chaos and end-to-end tests.
 //!
 //! It is given the manifest of what was produced (topic, partition, offset, key, value bytes,
-//! headers) and never calls `processor::normalize`: a record is accounted for by a `raw_updates`
-//! row holding exactly its bytes, or by exactly one unresolved dead letter at its position, or by
-//! a tombstone at its position (an operator's purge) — exactly one of the three, never none. It
-//! also reports raw rows, dead letters and tombstones no produced record explains, the same payload stored twice for one bot, any `offset_gaps` row of the group, and
-//! every partition whose stored `next_offset` differs from the log end.
+//! headers) and never calls `processor::normalize`. A record is accounted for (DESIGN.md §5.11)
+//! by exactly one of:
+//! - its **rows**: a `raw_updates` row whose identity (`payload_sha256`) is the SHA-256 of the
+//!   record's bytes and which holds exactly those bytes, or which an erasure scrubbed
+//!   (`scrubbed_at` set: the bytes are the scrubbed update, the identity stays the original's);
+//! - one **unresolved dead letter** at its position;
+//! - a **tombstone**: one at its position (`purged` by `dlq purge`, `erased` by an erasure), an
+//!   `erased` tombstone elsewhere whose `payload_sha256` is its bytes' digest (another copy of an
+//!   erased record), or the record horizon of retention (`retention_horizons`): a record whose
+//!   `tg-received-at` header is before it and that has no rows and no letter was retained away.
+//!
+//! Never none, and never a tombstone at its position together with a raw row stored at that
+//! position or an open letter there. A position is (topic, topic incarnation, partition, offset):
+//! a recreated topic's records reuse offsets under the next incarnation (DESIGN.md §5.10). It
+//! also reports raw rows no produced record explains (including an unscrubbed row whose bytes do
+//! not hash to its identity), dead letters and tombstones at positions nothing was produced at,
+//! the same payload stored twice for one bot, any `offset_gaps` row of the group, every
+//! partition whose stored `next_offset` differs from the log end, and every (bot, topic,
+//! partition) whose stored-update count in `raw_update_counts` (what `status` reports) is not
+//! the number of its `raw_updates` rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
+use processor::wire::{header, record_digest};
 use sqlx::PgPool;
 
 /// One record as the producer wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducedRecord {
     pub topic: String,
+    /// The topic incarnation the consumer writes this record's position under: 0 until an
+    /// operator accepted a recreated (or truncated) log of the partition.
+    pub topic_incarnation: i64,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -85,6 +104,15 @@ pub enum Violation {
         stored: Option<i64>,
         log_end: i64,
     },
+    /// The summary `status` reads counts a different number of stored updates than
+    /// `raw_updates` holds.
+    StoredCountMismatch {
+        bot_id: i64,
+        topic: String,
+        partition: i32,
+        counted: i64,
+        stored: i64,
+    },
 }
 
 /// The outcome of a check.
@@ -94,10 +122,16 @@ pub struct InvariantReport {
     pub records: usize,
     /// Records accounted for by raw rows.
     pub with_rows: usize,
+    /// Of those, rows an erasure scrubbed.
+    pub scrubbed: usize,
     /// Records accounted for by an unresolved dead letter.
     pub dead_lettered: usize,
-    /// Records accounted for by a tombstone.
+    /// Records accounted for by a tombstone (purged, erased or retained away).
     pub tombstoned: usize,
+    /// Of those, erased records (a tombstone at their position or for their bytes).
+    pub erased: usize,
+    /// Of those, records behind the retention horizon with no effect left.
+    pub retained: usize,
     pub violations: Vec<Violation>,
 }
 
@@ -156,6 +190,17 @@ impl InvariantChecker {
         self
     }
 
+    /// [`Self::with_log_end`] for every partition of `topic`, from its (low, high) watermarks in
+    /// partition order.
+    pub fn with_log_ends(self, topic: &str, watermarks: &[(i64, i64)]) -> Self {
+        watermarks
+            .iter()
+            .enumerate()
+            .fold(self, |checker, (partition, (_, high))| {
+                checker.with_log_end(topic, partition as i32, *high)
+            })
+    }
+
     /// Runs every check against the manifest.
     pub async fn check(&self, manifest: &[ProducedRecord]) -> anyhow::Result<InvariantReport> {
         let topics: Vec<String> = manifest
@@ -170,24 +215,33 @@ impl InvariantChecker {
             ..InvariantReport::default()
         };
 
-        let raw: Vec<(i64, i64, i32, i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT bot_id, update_id, kafka_partition, kafka_offset, payload_bytes \
+        let raw: Vec<RawRow> = sqlx::query_as(
+            "SELECT bot_id, update_id, kafka_topic, kafka_topic_incarnation, kafka_partition, \
+                    kafka_offset, payload_sha256, payload_bytes, scrubbed_at IS NOT NULL \
              FROM raw_updates WHERE kafka_topic = ANY($1)",
         )
         .bind(&topics)
         .fetch_all(&self.pool)
         .await
         .context("reading raw_updates")?;
-        let dead: Vec<(String, i32, i64, bool)> = sqlx::query_as(
-            "SELECT topic, partition, kafka_offset, resolved_at IS NOT NULL \
+        let horizon_ms: Option<i64> = sqlx::query_scalar(
+            "SELECT (extract(epoch FROM horizon) * 1000)::bigint FROM retention_horizons \
+             WHERE table_name = 'raw_updates'",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading the record horizon")?;
+        let dead: Vec<(String, i64, i32, i64, bool)> = sqlx::query_as(
+            "SELECT topic, topic_incarnation, partition, kafka_offset, resolved_at IS NOT NULL \
              FROM dead_letters WHERE topic = ANY($1)",
         )
         .bind(&topics)
         .fetch_all(&self.pool)
         .await
         .context("reading dead_letters")?;
-        let tombstones: Vec<(String, i32, i64)> = sqlx::query_as(
-            "SELECT topic, partition, kafka_offset FROM tombstones WHERE topic = ANY($1)",
+        let tombstones: Vec<TombstoneRow> = sqlx::query_as(
+            "SELECT topic, topic_incarnation, partition, kafka_offset, kind, payload_sha256 \
+             FROM tombstones WHERE topic = ANY($1)",
         )
         .bind(&topics)
         .fetch_all(&self.pool)
@@ -211,51 +265,84 @@ impl InvariantChecker {
         .await
         .context("reading consumer_offsets")?;
 
-        // Records against raw rows (by exact bytes) and dead letters (by position).
-        let mut raw_by_payload: HashMap<&[u8], Vec<i64>> = HashMap::new();
-        for (bot_id, _, _, _, payload) in &raw {
-            raw_by_payload.entry(payload).or_default().push(*bot_id);
+        // Records against raw rows (by identity), dead letters and tombstones (by position).
+        let mut raw_by_identity: HashMap<&[u8], Vec<&RawRow>> = HashMap::new();
+        for row in &raw {
+            raw_by_identity.entry(&row.6).or_default().push(row);
         }
-        let dead_by_position: HashMap<(&str, i32, i64), bool> = dead
+        let dead_by_position: HashMap<(&str, i64, i32, i64), bool> = dead
             .iter()
-            .map(|(t, p, o, resolved)| ((t.as_str(), *p, *o), *resolved))
+            .map(|(t, i, p, o, resolved)| ((t.as_str(), *i, *p, *o), *resolved))
             .collect();
-        let tombstoned: HashSet<(&str, i32, i64)> = tombstones
+        let tombstoned: HashMap<(&str, i64, i32, i64), &str> = tombstones
             .iter()
-            .map(|(t, p, o)| (t.as_str(), *p, *o))
+            .map(|(t, i, p, o, kind, _)| ((t.as_str(), *i, *p, *o), kind.as_str()))
             .collect();
-        let mut produced_payloads: HashSet<&[u8]> = HashSet::new();
-        let mut produced_positions: HashSet<(&str, i32, i64)> = HashSet::new();
+        let erased_identities: HashSet<&[u8]> = tombstones
+            .iter()
+            .filter(|t| t.4 == "erased")
+            .filter_map(|t| t.5.as_deref())
+            .collect();
+        let mut produced_identities: HashSet<[u8; 32]> = HashSet::new();
+        let mut produced_positions: HashSet<(&str, i64, i32, i64)> = HashSet::new();
         for record in manifest {
-            let payload = record.value.as_deref().unwrap_or_default();
-            produced_payloads.insert(payload);
-            produced_positions.insert((&record.topic, record.partition, record.offset));
-            let has_rows = raw_by_payload.contains_key(payload);
-            let dead_letter =
-                dead_by_position.get(&(&record.topic, record.partition, record.offset));
+            let identity = record_digest(record.value.as_deref());
+            produced_identities.insert(identity);
+            let position = (
+                record.topic.as_str(),
+                record.topic_incarnation,
+                record.partition,
+                record.offset,
+            );
+            produced_positions.insert(position);
+            let rows = raw_by_identity.get(identity.as_slice());
+            let has_rows = rows.is_some();
+            let dead_letter = dead_by_position.get(&position);
             let open_dead_letter = dead_letter == Some(&false);
-            if tombstoned.contains(&(&record.topic, record.partition, record.offset)) {
-                if has_rows || open_dead_letter {
+            if let Some(kind) = tombstoned.get(&position) {
+                // Another copy of the same bytes may have rows; this position may not.
+                let rows_here = rows.is_some_and(|rows| {
+                    rows.iter()
+                        .any(|r| (r.2.as_str(), r.3, r.4, r.5) == position)
+                });
+                if rows_here || open_dead_letter {
                     report.violations.push(Violation::TombstoneAndEffect {
                         topic: record.topic.clone(),
                         partition: record.partition,
                         offset: record.offset,
-                        rows: has_rows,
+                        rows: rows_here,
                         open_dead_letter,
                     });
                 } else {
                     report.tombstoned += 1;
+                    report.erased += usize::from(*kind == "erased");
+                    report.retained += usize::from(*kind == "retained");
                 }
                 continue;
             }
             match (has_rows, open_dead_letter) {
-                (true, false) => report.with_rows += 1,
+                (true, false) => {
+                    report.with_rows += 1;
+                    report.scrubbed +=
+                        usize::from(rows.is_some_and(|rows| rows.iter().any(|r| r.8)));
+                }
                 (false, true) => report.dead_lettered += 1,
                 (true, true) => report.violations.push(Violation::RowsAndDeadLetter {
                     topic: record.topic.clone(),
                     partition: record.partition,
                     offset: record.offset,
                 }),
+                (false, false) if erased_identities.contains(identity.as_slice()) => {
+                    report.tombstoned += 1;
+                    report.erased += 1;
+                }
+                (false, false)
+                    if horizon_ms
+                        .is_some_and(|h| received_at_ms(record).is_some_and(|r| r < h)) =>
+                {
+                    report.tombstoned += 1;
+                    report.retained += 1;
+                }
                 (false, false) => report.violations.push(Violation::Missing {
                     topic: record.topic.clone(),
                     partition: record.partition,
@@ -266,20 +353,21 @@ impl InvariantChecker {
         }
 
         // What the database holds that nothing produced explains, or holds twice.
-        for (bot_id, update_id, partition, offset, payload) in &raw {
-            if !produced_payloads.contains(payload.as_slice()) {
+        for row in &raw {
+            let intact = row.8 || record_digest(Some(&row.7)).as_slice() == row.6.as_slice();
+            if !intact || !produced_identities.contains(row.6.as_slice()) {
                 report.violations.push(Violation::UnexpectedRawRow {
-                    bot_id: *bot_id,
-                    update_id: *update_id,
-                    kafka_partition: *partition,
-                    kafka_offset: *offset,
+                    bot_id: row.0,
+                    update_id: row.1,
+                    kafka_partition: row.4,
+                    kafka_offset: row.5,
                 });
             }
         }
-        for bots in raw_by_payload.values() {
+        for rows in raw_by_identity.values() {
             let mut per_bot: HashMap<i64, usize> = HashMap::new();
-            for bot in bots {
-                *per_bot.entry(*bot).or_default() += 1;
+            for row in rows {
+                *per_bot.entry(row.0).or_default() += 1;
             }
             for (bot_id, rows) in per_bot {
                 if rows > 1 {
@@ -289,8 +377,8 @@ impl InvariantChecker {
                 }
             }
         }
-        for (topic, partition, offset, _) in &dead {
-            if !produced_positions.contains(&(topic.as_str(), *partition, *offset)) {
+        for (topic, incarnation, partition, offset, _) in &dead {
+            if !produced_positions.contains(&(topic.as_str(), *incarnation, *partition, *offset)) {
                 report.violations.push(Violation::UnexpectedDeadLetter {
                     topic: topic.clone(),
                     partition: *partition,
@@ -298,14 +386,39 @@ impl InvariantChecker {
                 });
             }
         }
-        for (topic, partition, offset) in &tombstones {
-            if !produced_positions.contains(&(topic.as_str(), *partition, *offset)) {
+        for (topic, incarnation, partition, offset, _, _) in &tombstones {
+            if !produced_positions.contains(&(topic.as_str(), *incarnation, *partition, *offset)) {
                 report.violations.push(Violation::UnexpectedTombstone {
                     topic: topic.clone(),
                     partition: *partition,
                     offset: *offset,
                 });
             }
+        }
+        let counts: Vec<(i64, String, i32, i64, i64)> = sqlx::query_as(
+            "SELECT bot_id, kafka_topic, kafka_partition, coalesce(c.n, 0), coalesce(r.n, 0) \
+             FROM (SELECT bot_id, kafka_topic, kafka_partition, sum(updates)::bigint AS n \
+                   FROM raw_update_counts WHERE kafka_topic = ANY($1) \
+                   GROUP BY bot_id, kafka_topic, kafka_partition) c \
+             FULL JOIN (SELECT bot_id, kafka_topic, kafka_partition, count(*) AS n \
+                        FROM raw_updates WHERE kafka_topic = ANY($1) \
+                        GROUP BY bot_id, kafka_topic, kafka_partition) r \
+                 USING (bot_id, kafka_topic, kafka_partition) \
+             WHERE coalesce(c.n, 0) <> coalesce(r.n, 0) \
+             ORDER BY bot_id, kafka_topic, kafka_partition",
+        )
+        .bind(&topics)
+        .fetch_all(&self.pool)
+        .await
+        .context("comparing raw_update_counts with raw_updates")?;
+        for (bot_id, topic, partition, counted, stored) in counts {
+            report.violations.push(Violation::StoredCountMismatch {
+                bot_id,
+                topic,
+                partition,
+                counted,
+                stored,
+            });
         }
         for (topic, partition, expected_offset, first_offset_seen) in gaps {
             report.violations.push(Violation::OffsetGap {
@@ -316,14 +429,21 @@ impl InvariantChecker {
             });
         }
 
-        // Stored offsets against log ends.
-        let mut log_ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        // Stored offsets against log ends (of each partition's latest incarnation).
+        let mut latest: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
         for record in manifest {
-            let end = log_ends
+            let end = latest
                 .entry((record.topic.clone(), record.partition))
-                .or_insert(0);
-            *end = (*end).max(record.offset + 1);
+                .or_insert((record.topic_incarnation, 0));
+            if record.topic_incarnation > end.0 {
+                *end = (record.topic_incarnation, 0);
+            }
+            if record.topic_incarnation == end.0 {
+                end.1 = end.1.max(record.offset + 1);
+            }
         }
+        let mut log_ends: BTreeMap<(String, i32), i64> =
+            latest.into_iter().map(|(k, (_, end))| (k, end)).collect();
         log_ends.extend(self.log_ends.clone());
         let stored: HashMap<(String, i32), i64> =
             offsets.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
@@ -354,6 +474,23 @@ impl InvariantChecker {
         }
         Ok(report)
     }
+}
+
+/// (topic, topic incarnation, partition, offset, kind, payload_sha256).
+type TombstoneRow = (String, i64, i32, i64, String, Option<Vec<u8>>);
+
+/// (bot_id, update_id, topic, topic incarnation, partition, offset, payload_sha256,
+/// payload_bytes, scrubbed).
+type RawRow = (i64, i64, String, i64, i32, i64, Vec<u8>, Vec<u8>, bool);
+
+/// The record's `tg-received-at` header (unix ms): when retention's horizon applies to it.
+fn received_at_ms(record: &ProducedRecord) -> Option<i64> {
+    record
+        .headers
+        .iter()
+        .find(|(name, _)| name == header::RECEIVED_AT)
+        .and_then(|(_, value)| std::str::from_utf8(value.as_deref()?).ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Runs the checker for `group` in the database behind `pool`; panics listing the violations

@@ -232,6 +232,48 @@ impl TestBroker {
         await_topic(self.client_config(), name, partitions, TOPIC_READY_TIMEOUT).await
     }
 
+    /// Deletes a topic and waits until metadata no longer lists it. The mock cluster cannot
+    /// delete topics: an error there.
+    pub async fn delete_topic(&self, name: &str) -> anyhow::Result<()> {
+        if matches!(self.backend, Backend::Mock(_) | Backend::HostedMock(_)) {
+            bail!("the mock cluster cannot delete topics");
+        }
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config()
+            .create()
+            .context("creating a Kafka admin client")?;
+        let results = admin
+            .delete_topics(
+                &[name],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .with_context(|| format!("deleting topic {name}"))?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                bail!("deleting topic {topic}: {code}");
+            }
+        }
+        let config = self.client_config();
+        let topic = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer = config.create().context("creating a metadata client")?;
+            let deadline = Instant::now() + TOPIC_READY_TIMEOUT;
+            loop {
+                // A failed metadata request proves nothing: asked again.
+                if !listed(&client, &topic, Duration::from_secs(5)).unwrap_or(true) {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    bail!("topic {topic} still listed {TOPIC_READY_TIMEOUT:?} after its deletion");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .await
+        .context("the metadata task panicked")?
+    }
+
     /// Takes the broker away (`false`) or brings it back (`true`), for outage tests.
     ///
     /// Mock: every broker refuses connections (existing ones are closed) and accepts them again,
@@ -260,6 +302,55 @@ impl TestBroker {
 }
 
 impl TestBroker {
+    /// Moves the leadership of `topic`'s `partition` to broker `broker`, as a controller does
+    /// when a leader fails (mock cluster only: broker ids 1 to [`DEFAULT_MOCK_BROKERS`]; the
+    /// log stays, the leader epoch is bumped). Tansu has a single broker and an external broker
+    /// cannot be controlled: an error.
+    pub async fn set_partition_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        broker: i32,
+    ) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Mock(host) => host.set_partition_leader(topic, partition, broker),
+            Backend::HostedMock(hosted) => {
+                hosted.set_partition_leader(topic, partition, broker).await
+            }
+            Backend::Tansu(_) | Backend::External => bail!(
+                "only the mock cluster can move partition leaders on a test's command, not {:?}",
+                self.kind
+            ),
+        }
+    }
+
+    /// The leader broker id of every partition of `topic`, in partition order, as metadata
+    /// reports it now (-1 for a partition without a leader).
+    pub async fn partition_leaders(&self, topic: &str) -> anyhow::Result<Vec<i32>> {
+        let config = self.client_config();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer = config.create().context("creating a metadata client")?;
+            let metadata = client
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .with_context(|| format!("reading metadata of {topic}"))?;
+            let listed = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .with_context(|| format!("metadata does not list {topic}"))?;
+            let mut partitions: Vec<(i32, i32)> = listed
+                .partitions()
+                .iter()
+                .map(|p| (p.id(), p.leader()))
+                .collect();
+            partitions.sort_unstable();
+            Ok(partitions.into_iter().map(|(_, leader)| leader).collect())
+        })
+        .await
+        .context("the metadata task panicked")?
+    }
+
     /// What the broker process printed so far (Tansu: the running process; the hosted mock: its
     /// helper), so a test can tell a broker's own crash from a fault of the code under test.
     /// `None` for brokers without a process of their own.
@@ -389,6 +480,74 @@ impl ConsumedRecord {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
+
+    /// The record as the exactly-once checker's manifest lists it (topic incarnation 0, no
+    /// headers).
+    pub fn as_produced(&self, topic: &str) -> crate::invariants::ProducedRecord {
+        crate::invariants::ProducedRecord {
+            topic: topic.to_owned(),
+            topic_incarnation: 0,
+            partition: self.partition,
+            offset: self.offset,
+            key: Some(self.key.clone().into_bytes()),
+            value: Some(self.value.clone()),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Whether metadata lists `topic` (without an error for it).
+fn listed(client: &BaseConsumer, topic: &str, timeout: Duration) -> anyhow::Result<bool> {
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none()))
+}
+
+/// Whether the broker's metadata lists `topic` now (one request, 10 s at most).
+pub async fn topic_listed(config: ClientConfig, topic: &str) -> anyhow::Result<bool> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config.create().context("creating a metadata client")?;
+        listed(&client, &topic, Duration::from_secs(10))
+    })
+    .await
+    .context("the metadata task panicked")?
+}
+
+/// How many partitions metadata lists for `topic`; an error when none.
+fn partition_count(client: &BaseConsumer, topic: &str) -> anyhow::Result<i32> {
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading metadata of {topic}"))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    if partitions == 0 {
+        bail!("topic {topic} has no partitions");
+    }
+    Ok(i32::try_from(partitions)?)
+}
+
+/// (low, high) watermarks of every partition of `topic`, in partition order.
+pub async fn watermarks(config: ClientConfig, topic: &str) -> anyhow::Result<Vec<(i64, i64)>> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config.create().context("creating a metadata client")?;
+        (0..partition_count(&client, &topic)?)
+            .map(|p| {
+                client
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .with_context(|| format!("watermarks of partition {p}"))
+            })
+            .collect()
+    })
+    .await
+    .context("the watermark task panicked")?
 }
 
 /// Reads `topic` from the beginning of every partition (in a throwaway group, committing
@@ -413,20 +572,8 @@ pub async fn read_topic(
     // Polling blocks; keep it off the runtime's threads.
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = config.create().context("creating a topic reader")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .with_context(|| format!("reading metadata of {topic}"))?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        if partitions == 0 {
-            bail!("topic {topic} has no partitions");
-        }
         let mut tpl = TopicPartitionList::new();
-        for partition in 0..partitions as i32 {
+        for partition in 0..partition_count(&consumer, &topic)? {
             tpl.add_partition_offset(&topic, partition, Offset::Beginning)?;
         }
         consumer.assign(&tpl)?;

@@ -8,9 +8,11 @@
 //!
 //! Beside the infrastructure, what tests of the pipeline share: updates as the producer publishes
 //! them and a manifest of what was produced ([`updates`]), the exactly-once checker over that
-//! manifest ([`invariants`]), the consumer running in-process and its stored offsets ([`sink`]),
-//! and the one way to wait for a condition ([`wait`]). testkit may depend on the production
-//! crates; they never depend on it.
+//! manifest ([`invariants`]), the projection oracle that predicts every projection table from
+//! the updates without the processor and compares it with PostgreSQL ([`projection_oracle`]),
+//! updates written by the consumer's batch writer without a broker ([`direct`]), the consumer
+//! running in-process and its stored offsets ([`sink`]), and the one way to wait for a condition
+//! ([`wait`]). testkit may depend on the production crates; they never depend on it.
 //!
 //! Environment (all optional):
 //!
@@ -48,10 +50,12 @@
 //! Works under cargo-nextest (one process per test) and plain `cargo test` (threads): nothing here
 //! relies on process-global state other than the leftover sweeps.
 
+pub mod direct;
 pub mod invariants;
 pub mod kafka;
 pub mod pg;
 pub mod process;
+pub mod projection_oracle;
 pub mod proxy;
 pub mod sink;
 pub mod updates;

@@ -4,10 +4,12 @@
 //! [`TcpProxy::black_hole`] freezes every connection open at that moment: nothing is forwarded in
 //! either direction any more and nothing is closed, so each side waits for an answer that never
 //! comes — what a client sees when a firewall or a failed host silently drops a connection.
-//! Connections made afterwards pass normally. Everything, frozen connections included, is closed
-//! when the proxy is dropped.
+//! Connections made afterwards pass normally. [`TcpProxy::refuse_new`] closes every new
+//! connection at once (a server that is down) until it is turned off. Everything, frozen
+//! connections included, is closed when the proxy is dropped.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +21,8 @@ pub struct TcpProxy {
     local: SocketAddr,
     /// One token per connection forwarded so far; cancelling it freezes the connection.
     connections: Arc<Mutex<Vec<CancellationToken>>>,
+    /// New connections are closed at once while set.
+    refusing: Arc<AtomicBool>,
     /// Ends the accept loop and every connection, frozen ones included.
     closed: CancellationToken,
 }
@@ -29,16 +33,19 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let local = listener.local_addr()?;
         let connections = Arc::new(Mutex::new(Vec::new()));
+        let refusing = Arc::new(AtomicBool::new(false));
         let closed = CancellationToken::new();
         tokio::spawn(accept_loop(
             listener,
             upstream,
             connections.clone(),
+            refusing.clone(),
             closed.clone(),
         ));
         Ok(Self {
             local,
             connections,
+            refusing,
             closed,
         })
     }
@@ -46,6 +53,11 @@ impl TcpProxy {
     /// The port clients connect to (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.local.port()
+    }
+
+    /// While `refuse` is true, every new connection is closed as soon as it is accepted.
+    pub fn refuse_new(&self, refuse: bool) {
+        self.refusing.store(refuse, Ordering::SeqCst);
     }
 
     /// Freezes every connection open now; returns how many.
@@ -73,6 +85,7 @@ async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
     connections: Arc<Mutex<Vec<CancellationToken>>>,
+    refusing: Arc<AtomicBool>,
     closed: CancellationToken,
 ) {
     loop {
@@ -83,6 +96,10 @@ async fn accept_loop(
         let Ok((client, _)) = accepted else {
             continue;
         };
+        if refusing.load(Ordering::SeqCst) {
+            drop(client);
+            continue;
+        }
         let frozen = CancellationToken::new();
         if let Ok(mut list) = connections.lock() {
             list.push(frozen.clone());

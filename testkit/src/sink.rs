@@ -101,6 +101,11 @@ impl RunningConsumer {
         }
     }
 
+    /// Whether the consumer's task has ended (it returned, with or without an error).
+    pub fn has_exited(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Records consumed so far.
     pub fn consumed(&self) -> u64 {
         ConsumerStats::get(&self.stats.records_consumed)

@@ -295,6 +295,7 @@ pub async fn produce_with(
             .expect("delivered");
         manifest.push(ProducedRecord {
             topic: topic.to_owned(),
+            topic_incarnation: 0,
             partition: delivered.partition,
             offset: delivered.offset,
             key: Some(r.key.clone()),

@@ -20,6 +20,7 @@ const TOPIC: &str = "t";
 fn produced(offset: i64, value: Vec<u8>) -> ProducedRecord {
     ProducedRecord {
         topic: TOPIC.into(),
+        topic_incarnation: 0,
         partition: 0,
         offset,
         key: Some(format!("{BOT}:1").into_bytes()),
@@ -172,5 +173,148 @@ async fn an_offset_short_of_the_log_end_is_reported() {
             offset: 1,
             resolved_dead_letter: true
         }]
+    );
+}
+
+/// Gives record `at` a `tg-received-at` header of `ms`.
+fn received_at(manifest: &mut [ProducedRecord], at: usize, ms: i64) {
+    manifest[at].headers.push((
+        header::RECEIVED_AT.into(),
+        Some(ms.to_string().into_bytes()),
+    ));
+}
+
+async fn sql(db: &TestDb, statement: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(db.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn erased_scrubbed_and_retained_records_are_accounted_for() {
+    let (db, mut manifest) = written().await;
+    received_at(&mut manifest, 3, 1_000);
+    // Update 1 erased (its tombstone carries its digest), update 2 scrubbed in place, update 3
+    // behind a record horizon with its row removed.
+    sql(
+        &db,
+        "WITH gone AS (DELETE FROM raw_updates WHERE update_id = 1 \
+                       RETURNING kafka_topic, kafka_partition, kafka_offset, payload_sha256) \
+         INSERT INTO tombstones (kind, topic, partition, kafka_offset, payload_sha256, reason) \
+         SELECT 'erased', kafka_topic, kafka_partition, kafka_offset, payload_sha256, 'test' FROM gone",
+    )
+    .await;
+    sql(
+        &db,
+        "UPDATE raw_updates SET payload_bytes = '{\"update_id\":2}', scrubbed_at = now() \
+         WHERE update_id = 2",
+    )
+    .await;
+    sql(&db, "DELETE FROM raw_updates WHERE update_id = 3").await;
+    sql(
+        &db,
+        "INSERT INTO retention_horizons (table_name, horizon, policy) \
+         VALUES ('raw_updates', to_timestamp(2), '1 day')",
+    )
+    .await;
+    // Rows deleted behind the writers' back leave the counts `status` reads too high.
+    let report = InvariantChecker::new(db.pool().clone(), "g")
+        .check(&manifest)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.violations,
+        vec![Violation::StoredCountMismatch {
+            bot_id: BOT,
+            topic: "t".to_owned(),
+            partition: 0,
+            counted: 3,
+            stored: 1,
+        }]
+    );
+    // What erasure and retention do with the rows they delete.
+    sql(
+        &db,
+        &format!(
+            "INSERT INTO raw_update_counts \
+                 (bot_id, kafka_topic, kafka_partition, counted_by, updates) \
+             VALUES ({BOT}, 't', 0, 'operator', -2)"
+        ),
+    )
+    .await;
+    let report = InvariantChecker::new(db.pool().clone(), "g")
+        .check(&manifest)
+        .await
+        .unwrap();
+    report.assert_ok();
+    assert_eq!(
+        (
+            report.erased,
+            report.scrubbed,
+            report.retained,
+            report.tombstoned,
+            report.dead_lettered
+        ),
+        (1, 1, 1, 2, 1),
+        "{report:?}"
+    );
+
+    // Another copy of the erased bytes, at a position the database never saw: erased too.
+    let mut copy = manifest[0].clone();
+    copy.offset = 4;
+    manifest.push(copy);
+    let report = InvariantChecker::new(db.pool().clone(), "g")
+        .with_log_end(TOPIC, 0, 4)
+        .check(&manifest)
+        .await
+        .unwrap();
+    report.assert_ok();
+    assert_eq!(report.erased, 2, "{report:?}");
+    manifest.pop();
+
+    // A record received after the horizon may not be without an effect.
+    manifest[3].headers.pop();
+    received_at(&mut manifest, 3, 3_000);
+    assert_eq!(
+        violations(&db, &manifest).await,
+        vec![Violation::Missing {
+            topic: TOPIC.into(),
+            partition: 0,
+            offset: 3,
+            resolved_dead_letter: false
+        }]
+    );
+}
+
+#[tokio::test]
+async fn a_tombstone_beside_a_row_at_its_position_and_a_changed_unscrubbed_row_are_reported() {
+    let (db, manifest) = written().await;
+    sql(
+        &db,
+        "INSERT INTO tombstones (kind, topic, partition, kafka_offset, reason) \
+         VALUES ('erased', 't', 0, 0, 'test')",
+    )
+    .await;
+    sql(
+        &db,
+        "UPDATE raw_updates SET payload_bytes = '{\"update_id\":2}' WHERE update_id = 2",
+    )
+    .await;
+    let v = violations(&db, &manifest).await;
+    assert!(
+        v.contains(&Violation::TombstoneAndEffect {
+            topic: TOPIC.into(),
+            partition: 0,
+            offset: 0,
+            rows: true,
+            open_dead_letter: false
+        }),
+        "{v:?}"
+    );
+    assert!(
+        v.iter()
+            .any(|x| matches!(x, Violation::UnexpectedRawRow { update_id: 2, .. })),
+        "bytes that do not hash to the row's identity, without scrubbed_at: {v:?}"
     );
 }

@@ -1,20 +1,40 @@
 //! The fault matrix: the whole pipeline as real processes (simulated Telegram → `tgingest
 //! producer` → broker → `tgingest consumer` processes → PostgreSQL) under one fault or bad input
-//! per scenario, judged by the oracle in [`oracle`]. docs/RELIABILITY.md publishes a large run.
+//! per scenario, judged by the oracle in [`oracle`]: exactly-once accounting of every update, then
+//! every projection table against `testkit::projection_oracle`'s prediction. docs/RELIABILITY.md
+//! publishes a large run.
 //!
 //! Sizes: `CHAOS_SIZE=small` (the default, what CI runs) or `CHAOS_SIZE=large` (100k updates for
 //! consumer kills, rebalance storms and poison input; 10k for the rest, broker restarts included,
-//! which Tansu cannot carry at 100k: docs/RELIABILITY.md). With
+//! which Tansu cannot carry at 100k: docs/RELIABILITY.md; the 48-partition backlog sets its own,
+//! 12k small and 40k large; the recreated topic runs 3k at both sizes, for the same reason).
+//! With
 //! `CHAOS_REPORT=FILE` every scenario appends its result row (Markdown) to FILE.
 //!
 //! Brokers (DESIGN.md §8): consumer churn, zombies and rebalance storms run on the mock cluster
-//! hosted in a helper process; broker restarts on Tansu; everything else on the hosted mock. With
-//! `KAFKA_BROKERS` set every scenario runs on that broker instead, except broker restarts, which
-//! a test cannot cause there (skipped with the reason printed). Two scenarios need the
-//! `failpoints` feature (a crash between COMMIT and the Kafka commit, and a producer crash
-//! between Kafka's ack and the confirm); `scripts/test` builds with it.
+//! hosted in a helper process; broker restarts and the recreated topic on Tansu; everything else
+//! on the hosted mock. With
+//! `KAFKA_BROKERS` set every scenario runs on that broker instead, except those that take the
+//! broker down or move its partition leaders, which a test cannot cause there (`scripts/test`
+//! excludes them and prints why). Three scenarios need
+//! the `failpoints` feature (a crash between COMMIT and the Kafka commit, a zombie stopped between
+//! its rows and its offset update, and a producer crash between Kafka's ack and the confirm);
+//! `scripts/test` and `scripts/chaos` build with it, and without it the matrix does not build at
+//! all, so no scenario silently goes missing.
+//!
+//! Every scenario asserts that its faults landed: a minimum of them begun during traffic, each
+//! where it claims (a kill inside a transaction, a zombie's write fenced after the takeover, a
+//! backlog ten times the in-flight budget behind a locked table, confirms watched from the first
+//! instant of each broker outage); one whose faults did not land fails.
 #![allow(clippy::unwrap_used)]
 
+#[cfg(not(feature = "failpoints"))]
+compile_error!(
+    "the fault matrix needs the failpoints feature (two scenarios open crash windows with it): \
+     run it with `--features failpoints`, as scripts/test and scripts/chaos do"
+);
+
+mod operations;
 mod oracle;
 mod pipeline;
 mod special;
@@ -25,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use botsim::Fault;
 use nix::sys::signal::Signal;
+use testkit::projection_oracle::State;
 use testkit::{BrokerKind, StopMode};
 
 use oracle::Verdict;
@@ -120,10 +141,12 @@ where
         "{name}: pipeline up after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let (fed, faults) = tokio::join!(
-        pipeline.feed(scale.updates, scale.rate, special),
-        driver(&pipeline)
-    );
+    let (fed, faults) = tokio::join!(pipeline.feed(scale.updates, scale.rate, special), async {
+        let faults = driver(&pipeline).await;
+        // A driver that failed before releasing a held feed must not leave it waiting.
+        pipeline.release_feed();
+        faults
+    });
     fed.unwrap_or_else(|e| panic!("{name}: feeding: {e:#}"));
     eprintln!(
         "{name}: traffic and faults done after {:.1} s",
@@ -150,6 +173,15 @@ where
     let mut verdict = oracle::judge(&pipeline)
         .await
         .unwrap_or_else(|e| panic!("{name}: oracle: {e:#}"));
+    if let Err(e) = oracle::judge_projections(&pipeline, &mut verdict).await {
+        verdict.fail(format!("{e:#}"));
+    }
+    eprintln!(
+        "{name}: oracles done after {:.1} s ({} projection rows predicted, {} mismatches)",
+        started.elapsed().as_secs_f64(),
+        verdict.projection_rows,
+        verdict.projection_mismatches
+    );
     for secret in pipeline.secrets() {
         for (process, log) in pipeline.all_logs() {
             if log.contains(&secret) {
@@ -184,13 +216,17 @@ impl Finished {
     /// Asserts the oracle passed, after printing (and, with `CHAOS_REPORT`, recording) the row.
     fn assert_clean(&self) {
         let v = &self.verdict;
-        let result = if v.failures.is_empty() && v.lost == 0 && v.duplicated == 0 {
+        let result = if v.failures.is_empty()
+            && v.lost == 0
+            && v.duplicated == 0
+            && v.projection_mismatches == 0
+        {
             "pass"
         } else {
             "FAIL"
         };
         let row = format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
             self.name,
             self.faults,
             v.generated,
@@ -198,6 +234,7 @@ impl Finished {
             v.kafka_duplicates,
             v.lost,
             v.duplicated,
+            v.projection_mismatches,
             result,
             self.elapsed.as_secs_f64()
         );
@@ -212,10 +249,11 @@ impl Finished {
         }
         assert!(
             result == "pass",
-            "{}: {} lost, {} duplicated; failures:\n  {}",
+            "{}: {} lost, {} duplicated, {} projection mismatches; failures:\n  {}",
             self.name,
             v.lost,
             v.duplicated,
+            v.projection_mismatches,
             v.failures.join("\n  ")
         );
     }
@@ -264,10 +302,12 @@ fn owning_consumer(p: &Pipeline, turn: usize) -> Option<usize> {
         .find(|&i| live[i].output_text().contains("took ownership"))
 }
 
-/// How many times any consumer process logged a revocation.
+/// How many times any consumer process of the pipeline's group logged a revocation (the idle
+/// consumer of [`Pipeline::idle_consumer_peak_rss`] has a group of its own).
 fn revocations(p: &Pipeline) -> usize {
     p.all_logs()
         .iter()
+        .filter(|(name, _)| !name.starts_with("consumer-idle"))
         .map(|(_, log)| log.matches("partitions revoked").count())
         .sum()
 }
@@ -289,26 +329,92 @@ fn feeding(p: &Pipeline) -> bool {
     !p.feeding_done.load(Ordering::SeqCst)
 }
 
-/// Check (5): with the broker down, no update may be confirmed to Telegram. Waits `settle` for
-/// deliveries already acknowledged to be confirmed, then watches every bot's confirmed offset
-/// for `hold`: it must not move, while Telegram still holds updates to deliver.
-async fn outage_watch(p: &Pipeline, settle: Duration, hold: Duration) -> anyhow::Result<()> {
-    tokio::time::sleep(settle).await;
-    let frozen = p.confirmed_offsets();
+/// How the broker goes down in [`broker_outage`].
+#[derive(Debug, Clone, Copy)]
+enum Down {
+    /// SIGKILL (or the mock's equivalent).
+    Killed,
+    /// SIGTERM, waiting for a clean exit.
+    Clean,
+}
+
+/// A broker outage of `hold`, watched by check (5): with the broker down, no update may be
+/// confirmed to Telegram that Kafka did not hold before the outage. There is no blind window:
+/// the producer is paused (SIGSTOP) while the topic's watermarks are read (until two reads 200 ms
+/// apart agree, so no produce request is still being appended), the broker is taken down, the
+/// producer resumed, and every bot's confirmed offset watched from that instant. A confirm during
+/// the outage is allowed only up to (the highest update id of that bot in Kafka below those
+/// watermarks) + 1 — the acknowledgements the producer received before the outage and may still
+/// be confirming — which is read back once the broker is up again. Returns how many bots
+/// confirmed such earlier acknowledgements during the outage, and how many updates Telegram
+/// still held at its end (an outage with none pending proves nothing), and how many times the
+/// broker had to be restarted after its own storage panic before the watermarks could be read.
+async fn broker_outage(
+    p: &Pipeline,
+    down: Down,
+    hold: Duration,
+) -> anyhow::Result<(usize, usize, usize)> {
+    let producer = p.producers.lock().unwrap()[0].clone();
+    // A producer that already exited (the crash scenario restarts it) needs no pause.
+    let paused = producer.exit_status().is_none() && producer.signal(Signal::SIGSTOP).is_ok();
+    // Tansu, loaded and freshly restarted, can take longer than a metadata request's 10 s to
+    // answer, or be wedged by its storage panic: the read is retried for up to 90 s (the producer
+    // stays paused meanwhile), restarting a wedged broker.
+    let mut recovered = 0;
+    let reading = Instant::now();
+    let ends = loop {
+        match p.quiet_watermarks().await {
+            Err(e) if reading.elapsed() < Duration::from_secs(90) => {
+                eprintln!("reading the watermarks before an outage: {e:#}; trying again");
+                match restart_if_wedged(p).await {
+                    Ok(n) => recovered += n,
+                    Err(e) => break Err(e),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            ends => break ends,
+        }
+    };
+    let before = p.confirmed_offsets();
+    let went_down = match down {
+        Down::Killed => p.broker.set_available(false).await,
+        Down::Clean => p.broker.stop_cleanly().await,
+    };
+    if paused {
+        producer.signal(Signal::SIGCONT)?;
+    }
+    let ends: Vec<i64> = ends?.into_iter().map(|(_, high)| high).collect();
+    went_down?;
+    // The highest confirmed offset of each bot during the outage.
+    let mut during = before.clone();
     let until = Instant::now() + hold;
     while Instant::now() < until {
-        let now = p.confirmed_offsets();
-        anyhow::ensure!(
-            now == frozen,
-            "(5) confirmed offsets moved from {frozen:?} to {now:?} while the broker was down"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (seen, now) in during.iter_mut().zip(p.confirmed_offsets()) {
+            *seen = (*seen).max(now);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    anyhow::ensure!(
-        p.pending() > 0,
-        "(5) proved nothing: Telegram had no pending updates during the outage"
-    );
-    Ok(())
+    let pending = p.pending();
+    p.broker.set_available(true).await?;
+    let held = pipeline::max_update_ids_below(
+        p.broker.client_config(),
+        &p.topic,
+        &ends,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let mut earlier_acks = 0;
+    for ((bot, before), during) in p.bots.iter().zip(&before).zip(&during) {
+        let allowed = held.get(&bot.info.id).map(|max| max + 1);
+        anyhow::ensure!(
+            *during <= (*before).max(allowed),
+            "(5) bot {} confirmed offset {during:?} while the broker was down, but Kafka held \
+             its updates only below {allowed:?} before the outage (confirmed before: {before:?})",
+            bot.info.id
+        );
+        earlier_acks += usize::from(during > before);
+    }
+    Ok((earlier_acks, pending, recovered))
 }
 
 // ---- consumer crashes --------------------------------------------------------------------------
@@ -325,6 +431,9 @@ async fn consumer_sigkill_mid_batch_repeatedly() {
         |_| None,
         async |p| {
             let mut kills = 0;
+            // Kills during traffic of a process that had a transaction open just before.
+            let mut landed = 0;
+            let min_landed = if scale.large { 3 } else { 1 };
             let mut turns = 0;
             // At least 3 takeovers, even if a loaded machine makes the traffic outpace the kills.
             // Each kill waits for the group to hand the victim's partitions to a survivor (the
@@ -340,16 +449,34 @@ async fn consumer_sigkill_mid_batch_repeatedly() {
                 let Some(victim) = owning_consumer(p, kills) else {
                     continue;
                 };
+                // During traffic, wait (3 s at most) until the victim is inside a transaction, so
+                // the kill lands mid-batch.
+                let mut open = false;
+                let until = Instant::now() + Duration::from_secs(3);
+                while feeding(p) && Instant::now() < until {
+                    if p.consumer_in_transaction(victim).await? {
+                        open = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 let before = ownership_moves(p).await;
                 p.kill_and_replace_consumer(victim).await?;
                 kills += 1;
+                landed += usize::from(open);
                 // The next kill waits for the group to move the partitions, or 20 s at most.
                 testkit::eventually(Duration::from_secs(20), async || {
                     ownership_moves(p).await != before
                 })
                 .await;
             }
-            Ok(format!("{kills} SIGKILLs of owning consumers"))
+            anyhow::ensure!(
+                landed >= min_landed,
+                "only {landed} of {kills} SIGKILLs hit a consumer with a transaction open during traffic (at least {min_landed} must)"
+            );
+            Ok(format!(
+                "{kills} SIGKILLs of owning consumers, {landed} with a transaction open during traffic"
+            ))
         },
     )
     .await;
@@ -359,7 +486,6 @@ async fn consumer_sigkill_mid_batch_repeatedly() {
     finished.cleanup().await;
 }
 
-#[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consumer_crash_between_postgres_commit_and_kafka_commit() {
     let scale = Scale::of(false);
@@ -376,7 +502,7 @@ async fn consumer_crash_between_postgres_commit_and_kafka_commit() {
         scale,
         |_| None,
         async |p| {
-            let mut kills = 0;
+            let (mut kills, mut in_traffic) = (0, 0);
             let mut turn = 0;
             while feeding(p) || kills < 3 {
                 anyhow::ensure!(turn < 40, "only {kills} kills landed in the window");
@@ -393,14 +519,19 @@ async fn consumer_crash_between_postgres_commit_and_kafka_commit() {
                     )
                     .await;
                 if entered.is_ok() {
+                    in_traffic += usize::from(feeding(p));
                     p.kill_and_replace_consumer(index).await?;
                     kills += 1;
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
             anyhow::ensure!(kills >= 3, "only {kills} kills landed in the window");
+            anyhow::ensure!(
+                in_traffic >= 1,
+                "none of the {kills} kills in the window landed during traffic"
+            );
             Ok(format!(
-                "{kills} SIGKILLs between COMMIT and the Kafka commit"
+                "{kills} SIGKILLs between COMMIT and the Kafka commit, {in_traffic} during traffic"
             ))
         },
     )
@@ -409,55 +540,103 @@ async fn consumer_crash_between_postgres_commit_and_kafka_commit() {
     finished.cleanup().await;
 }
 
+/// The consumer metric counting batches refused because a newer owner holds the partition.
+const FENCED_WRITES: &str = "tgingest_fenced_writes_total";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn zombie_consumer_stopped_past_its_session_timeout() {
     let scale = Scale::of(false);
     let mut spec = Spec::new(mock_broker(), scale.partitions);
     spec.consumers = 3;
+    // Every batch waits 300 ms with its rows written but its offset not yet advanced; the driver
+    // stops a consumer inside that window, so the zombie resumes mid-batch after the takeover
+    // and its offset update must be fenced. Each consumer serves /metrics, where the driver
+    // counts the zombie's fenced writes.
+    spec.consumer_env.push((
+        "FAILPOINTS",
+        "consumer::before_offset_update=return(300)".to_owned(),
+    ));
+    spec.consumer_env
+        .push(("ADMIN_LISTEN", "127.0.0.1:0".to_owned()));
     let finished = run(
-        "zombie consumer (SIGSTOP past the session timeout, SIGCONT)",
+        "zombie consumer (SIGSTOP mid-batch past the session timeout, SIGCONT)",
         spec,
         scale,
         |_| None,
         async |p| {
             let mut stops = 0;
             let mut moved = 0;
+            // Zombies that, after SIGCONT, had at least one write fenced; and those writes.
+            let (mut fenced_zombies, mut fenced) = (0, 0.0);
+            let mut in_traffic = 0;
+            let mut turns = 0;
             while feeding(p) || stops == 0 {
+                turns += 1;
+                anyhow::ensure!(turns < 40, "no consumer could be stopped mid-batch");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let Some(index) = owning_consumer(p, stops) else {
                     continue;
                 };
                 let zombie = p.live_consumers()[index].clone();
+                // Stop it inside a batch: rows written, offset not yet advanced.
+                let from = zombie.line_count();
+                let entered = zombie
+                    .wait_for_line_from(
+                        from,
+                        |l| l.contains("failpoint: delaying"),
+                        Duration::from_secs(3),
+                    )
+                    .await;
+                if entered.is_err() {
+                    continue;
+                }
                 let before = ownership_moves(p).await;
                 let assigned_before = assignments_to_others(p, zombie.name());
+                let fenced_before = Pipeline::metric(&zombie, FENCED_WRITES).await?;
+                in_traffic += usize::from(feeding(p));
                 zombie.signal(Signal::SIGSTOP)?;
-                // The session timeout is 6 s: the group gives its partitions to the others meanwhile
-                // (at least 10 s; longer if the loaded mock broker notices the silence late).
+                // The session timeout is 6 s: the group gives its partitions to the others
+                // meanwhile (at least 10 s; longer if the loaded mock broker notices the silence
+                // late), and they take ownership in the database.
                 let stopped = Instant::now();
                 while stopped.elapsed() < Duration::from_secs(10)
-                    || (assignments_to_others(p, zombie.name()) == assigned_before
+                    || ((assignments_to_others(p, zombie.name()) == assigned_before
+                        || ownership_moves(p).await == before)
                         && stopped.elapsed() < Duration::from_secs(40))
                 {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                let moved_now = ownership_moves(p).await - before;
                 zombie.signal(Signal::SIGCONT)?;
-                // A new owner's ownership statement waits for the zombie's open transaction (it holds
-                // the offset row), so the takeover is counted after SIGCONT.
+                moved += moved_now;
+                stops += 1;
+                // The resumed batch's offset update finds a newer epoch: fenced.
+                let mut fenced_now = 0.0;
                 let resumed = Instant::now();
-                while ownership_moves(p).await == before
-                    && resumed.elapsed() < Duration::from_secs(20)
-                {
+                while resumed.elapsed() < Duration::from_secs(20) {
+                    fenced_now = Pipeline::metric(&zombie, FENCED_WRITES).await? - fenced_before;
+                    if fenced_now > 0.0 {
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                moved += ownership_moves(p).await - before;
-                stops += 1;
+                if moved_now > 0 && fenced_now > 0.0 {
+                    fenced_zombies += 1;
+                    fenced += fenced_now;
+                }
             }
             anyhow::ensure!(
                 moved > 0,
                 "no partition changed owner while a consumer was stopped"
             );
+            anyhow::ensure!(in_traffic >= 1, "no consumer was stopped during traffic");
+            anyhow::ensure!(
+                fenced_zombies >= 1,
+                "{stops} consumers were stopped mid-batch; none had a write fenced after a takeover"
+            );
             Ok(format!(
-                "{stops} SIGSTOPs of at least 10 s (session timeout 6 s), {moved} partitions taken over"
+                "{stops} SIGSTOPs mid-batch of at least 10 s (session timeout 6 s), {in_traffic} \
+                 during traffic, {moved} partitions taken over, {fenced} writes fenced in {fenced_zombies} zombies"
             ))
         },
     )
@@ -479,6 +658,9 @@ async fn rebalance_storm(strategy: &str, name: &'static str) {
         |_| None,
         async |p| {
             let (mut added, mut removed, mut killed) = (0, 0, 0);
+            // Membership changes begun during traffic.
+            let mut in_traffic = 0;
+            let min_in_traffic = if scale.large { 5 } else { 2 };
             let mut step = 0;
             while feeding(p) || added + removed < 4 {
                 anyhow::ensure!(
@@ -489,6 +671,7 @@ async fn rebalance_storm(strategy: &str, name: &'static str) {
                 tokio::time::sleep(Duration::from_millis(1_500 + (step % 3) * 700)).await;
                 step += 1;
                 let live = p.live_consumers().len();
+                in_traffic += usize::from(feeding(p));
                 if live < 2 || (live < 4 && step % 2 == 1) {
                     p.add_consumer().await?;
                     added += 1;
@@ -505,8 +688,12 @@ async fn rebalance_storm(strategy: &str, name: &'static str) {
                 "the storm changed membership only {} times",
                 added + removed
             );
+            anyhow::ensure!(
+                in_traffic >= min_in_traffic,
+                "only {in_traffic} membership changes during traffic (at least {min_in_traffic} must)"
+            );
             Ok(format!(
-                "{added} joins, {removed} SIGTERM leaves, {killed} SIGKILLs"
+                "{added} joins, {removed} SIGTERM leaves, {killed} SIGKILLs; {in_traffic} during traffic"
             ))
         },
     )
@@ -546,22 +733,35 @@ async fn kafka_restarts_killed_and_clean() {
     let min_rounds = if scale.large { 6 } else { 2 };
     let finished = run("broker restart (SIGKILL and clean), Tansu", spec, scale, |_| None, async |p| {
         let (mut killed, mut clean, mut recovered) = (0, 0, 0);
+        // Outages during which the producer confirmed acknowledgements received before them.
+        let mut earlier_acks = 0;
+        // Outages with updates pending at Telegram (check (5) had something to hold back).
+        let mut watched = 0;
+        // Outages begun during traffic.
+        let mut in_traffic = 0;
         let mut round = 0;
         while feeding(p) || round < min_rounds {
             tokio::time::sleep(Duration::from_secs(3)).await;
             recovered += restart_if_wedged(p).await?;
-            if round % 2 == 0 {
-                p.broker.set_available(false).await?;
+            in_traffic += usize::from(feeding(p));
+            let down = if round % 2 == 0 {
                 killed += 1;
+                Down::Killed
             } else {
-                p.broker.stop_cleanly().await?;
                 clean += 1;
-            }
+                Down::Clean
+            };
             round += 1;
-            let watched = outage_watch(p, Duration::from_secs(2), Duration::from_secs(3)).await;
-            p.broker.set_available(true).await?;
-            watched?;
+            let (acks, pending, restarted) =
+                broker_outage(p, down, Duration::from_secs(5)).await?;
+            recovered += restarted;
+            earlier_acks += acks;
+            watched += usize::from(pending > 0);
         }
+        anyhow::ensure!(
+            watched >= 1,
+            "(5) proved nothing: Telegram had no pending updates during any outage"
+        );
         // Until everything is stored, a broker wedged by its own panic is restarted, as a
         // liveness probe would.
         let deadline = Instant::now() + settle_timeout;
@@ -569,13 +769,17 @@ async fn kafka_restarts_killed_and_clean() {
             recovered += restart_if_wedged(p).await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        anyhow::ensure!(
+            in_traffic >= 1,
+            "no broker outage began during traffic ({killed} SIGKILL, {clean} SIGTERM restarts)"
+        );
         let wedged = if recovered > 0 {
             format!("; {recovered} more restarts after Tansu's storage panic")
         } else {
             String::new()
         };
         Ok(format!(
-            "{killed} SIGKILL and {clean} SIGTERM restarts; confirms frozen during each outage{wedged}"
+            "{killed} SIGKILL and {clean} SIGTERM restarts ({in_traffic} during traffic); no confirm beyond what Kafka held before each outage (earlier acknowledgements confirmed during them {earlier_acks} times){wedged}"
         ))
     })
     .await;
@@ -610,102 +814,380 @@ async fn postgres_immediate_restarts_and_connection_kills() {
         let cluster = p.cluster().unwrap();
         let db = p.database_name().await?;
         let (mut restarts, mut terminated) = (0, 0_i64);
+        // Restarts begun, and backends terminated, during traffic.
+        let (mut restarts_in_traffic, mut terminated_in_traffic) = (0, 0_i64);
         let mut round = 0;
         while feeding(p) || round < 2 {
             tokio::time::sleep(Duration::from_millis(1_500)).await;
+            let during = feeding(p);
             if round % 2 == 0 {
                 cluster.restart(StopMode::Immediate).await?;
                 restarts += 1;
+                restarts_in_traffic += i32::from(during);
             } else {
                 // The consumers' connections only, by database and application_name.
                 let admin = sqlx::PgPool::connect(&cluster.url("postgres")).await?;
                 let n: i64 = sqlx::query_scalar(
                     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE datname = $1 AND application_name = 'tgingest-consumer'",
+                     WHERE datname = $1 AND application_name LIKE 'tgingest-consumer-%'",
                 )
                 .bind(&db)
                 .fetch_one(&admin)
                 .await?;
                 admin.close().await;
                 terminated += n;
+                if during {
+                    terminated_in_traffic += n;
+                }
             }
             round += 1;
         }
         anyhow::ensure!(restarts >= 2 && terminated > 0, "{restarts} restarts, {terminated} kills");
-        Ok(format!("{restarts} immediate restarts, {terminated} backends terminated"))
+        anyhow::ensure!(
+            restarts_in_traffic >= 1 && terminated_in_traffic > 0,
+            "during traffic only {restarts_in_traffic} restarts and {terminated_in_traffic} backends terminated"
+        );
+        Ok(format!(
+            "{restarts} immediate restarts ({restarts_in_traffic} during traffic), \
+             {terminated} backends terminated ({terminated_in_traffic} during traffic)"
+        ))
     })
     .await;
     finished.assert_clean();
     finished.cleanup().await;
 }
 
+/// The in-flight budget of the slow-database scenario (`CONSUMER_MAX_INFLIGHT_BYTES`): small,
+/// so a backlog of ten times it fits the mock cluster's ~5 MB per partition at the small size.
+const SLOW_DB_INFLIGHT_BYTES: u64 = 512 * 1024;
+
+/// README's memory formula (BENCHMARKS.md §5) for one consumer process, bytes: the idle
+/// process (17 MiB for a release build; `idle` here) + P × (2 × K KiB + 0.6 MiB) + 4.5 ×
+/// min(B, P × R × mean record bytes).
+fn memory_formula(
+    idle: u64,
+    partitions: u64,
+    queue_kbytes: u64,
+    batch_records: u64,
+    budget: u64,
+    mean_record: u64,
+) -> u64 {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let prefetch = partitions as f64 * (2.0 * queue_kbytes as f64 * 1024.0 + 0.6 * MIB);
+    let inflight = 4.5 * budget.min(partitions * batch_records * mean_record) as f64;
+    idle + (prefetch + inflight) as u64
+}
+
+/// The most partitions a consumer's log says it was assigned at once.
+fn most_partitions_assigned(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split("partitions assigned partitions=[").nth(1))
+        .map(|rest| {
+            let list = rest.split(']').next().unwrap_or_default();
+            list.split(',').filter(|p| !p.trim().is_empty()).count() as u64
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_database_locked_table_stays_within_memory_bound() {
-    let scale = Scale::of(false);
+    let mut scale = Scale::of(false);
+    // At the small size, 20 s of traffic rather than 10, so that most of it arrives behind the
+    // lock even when the group is slow to form.
+    if !scale.large {
+        scale.rate = 150;
+    }
     let mut spec = Spec::new(mock_broker(), scale.partitions);
     spec.consumer_env
         .push(("CONSUMER_STATEMENT_TIMEOUT", "10s".to_owned()));
+    spec.consumer_env.push((
+        "CONSUMER_MAX_INFLIGHT_BYTES",
+        SLOW_DB_INFLIGHT_BYTES.to_string(),
+    ));
     let hold = if scale.large {
         Duration::from_secs(40)
     } else {
         Duration::from_secs(20)
     };
+    // Every text gets 6 KiB more, so the traffic behind the lock is many times the budget.
+    let special = |_: usize| Some(Special::Padded);
     let before = std::sync::Mutex::new((0, 0));
+    // The largest backlog (bytes in Kafka beyond the stored offsets) seen while the table was
+    // locked.
+    let peak_backlog = std::sync::Mutex::new(0_u64);
     let finished = run(
-        "slow database (messages locked)",
+        "slow database (messages locked, 512 KiB in-flight budget)",
         spec,
         scale,
-        |_| None,
+        special,
         async |p| {
             // Let the group form first: every partition owned, then a quiet moment.
             while p.stored_offsets().await?.iter().any(Option::is_none) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
             *before.lock().unwrap() = (ownership_moves(p).await, revocations(p));
+            anyhow::ensure!(feeding(p), "the traffic ended before the table was locked");
+            eprintln!(
+                "slow database: locking messages after {} of {} updates",
+                p.generated().len(),
+                scale.updates
+            );
             let mut tx = p.pool().begin().await?;
             sqlx::query("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
                 .execute(&mut *tx)
                 .await?;
-            tokio::time::sleep(hold).await;
+            let locked = Instant::now();
+            while locked.elapsed() < hold {
+                let ends = p.watermarks().await?;
+                let stored = p.stored_offsets().await?;
+                let behind: i64 = ends
+                    .iter()
+                    .zip(&stored)
+                    .map(|((_, high), at)| high - at.unwrap_or(0))
+                    .sum();
+                let generated = p.generated();
+                let mean = generated.iter().map(|g| g.raw.len() as u64).sum::<u64>()
+                    / generated.len().max(1) as u64;
+                {
+                    let mut peak = peak_backlog.lock().unwrap();
+                    *peak = (*peak).max(behind.max(0) as u64 * mean);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             tx.rollback().await?;
             // Anything the stall caused (an eviction, a revoke) shows within a session timeout.
             tokio::time::sleep(Duration::from_secs(7)).await;
             let (moves, revoked) = *before.lock().unwrap();
             *before.lock().unwrap() = (ownership_moves(p).await - moves, revocations(p) - revoked);
+            let backlog = *peak_backlog.lock().unwrap();
+            anyhow::ensure!(
+                backlog >= 10 * SLOW_DB_INFLIGHT_BYTES,
+                "the backlog behind the lock reached only {} KiB, less than 10 × the {} KiB budget",
+                backlog >> 10,
+                SLOW_DB_INFLIGHT_BYTES >> 10
+            );
             Ok(format!(
-                "messages locked for {} s while traffic continued",
-                hold.as_secs()
+                "messages locked for {} s during traffic; backlog up to {} KiB (budget {} KiB)",
+                hold.as_secs(),
+                backlog >> 10,
+                SLOW_DB_INFLIGHT_BYTES >> 10
             ))
         },
     )
     .await;
-    // Bound, per process: 64 MiB + P × (2 × the 1 MiB prefetch queue + 250 records × 16 KiB),
-    // P = partitions it owns (at most all of them).
-    let partitions = finished.pipeline.spec.partitions as u64;
-    let bound = 64 * 1024 * 1024 + partitions * (2 * 1024 * 1024 + 250 * 16 * 1024);
+    // README's formula with the scenario's settings (K = 1024 KiB prefetch per partition, R = 250
+    // records per batch, B = the budget) and the partitions each consumer was assigned at most;
+    // its idle term is this debug build's, measured after the run on an empty topic with the
+    // consumer's partitions, as `tgingest-bench memory` measures it (the large run of 855b962
+    // took it from one partition, 5 MiB too low at 6: docs/RELIABILITY.md). Within 25%: the
+    // formula was fitted on release builds (within ~5%). A consumer ignoring the budget holds a
+    // batch per partition, decoded: about 15 MiB more at 6 partitions.
+    let generated = finished.pipeline.generated();
+    let mean = generated.iter().map(|g| g.raw.len() as u64).sum::<u64>() / generated.len() as u64;
+    let assigned: Vec<u64> = finished
+        .pipeline
+        .live_consumers()
+        .iter()
+        .map(|c| most_partitions_assigned(&c.output_text()))
+        .collect();
     let peaks = finished.consumer_peaks.clone();
     finished.assert_clean();
-    assert!(!peaks.is_empty());
-    for peak in &peaks {
-        assert!(
-            *peak <= bound,
-            "a consumer peaked at {} MiB, above the bound {} MiB",
-            peak >> 20,
-            bound >> 20
-        );
+    assert!(!peaks.is_empty() && peaks.len() == assigned.len());
+    // The idle term of the formula for this (debug) build and each consumer's partitions,
+    // measured by a consumer idle on an empty topic with as many partitions.
+    let mut idle_of = std::collections::BTreeMap::new();
+    for &partitions in &assigned {
+        if let std::collections::btree_map::Entry::Vacant(entry) = idle_of.entry(partitions) {
+            let idle = finished
+                .pipeline
+                .idle_consumer_peak_rss(partitions.max(1) as i32)
+                .await
+                .unwrap();
+            entry.insert(idle);
+        }
     }
-    eprintln!(
-        "slow database: consumer peaks {:?} MiB, bound {} MiB",
-        peaks.iter().map(|p| p >> 20).collect::<Vec<_>>(),
-        bound >> 20
-    );
+    for (peak, &partitions) in peaks.iter().zip(&assigned) {
+        let idle = idle_of[&partitions];
+        let formula = memory_formula(idle, partitions, 1024, 250, SLOW_DB_INFLIGHT_BYTES, mean);
+        eprintln!(
+            "slow database: consumer with {partitions} partitions peaked at {} KiB; formula {} KiB \
+             (idle {} KiB), mean record {mean} B, backlog {} KiB",
+            peak >> 10,
+            formula >> 10,
+            idle >> 10,
+            *peak_backlog.lock().unwrap() >> 10
+        );
+        // Asserted at the large size only: at the small size a consumer that ignored the budget
+        // would hold about 3 MiB more than the bound allows, within the run-to-run spread of a
+        // debug build's RSS (passing runs peaked at 44.8–47.0 MiB against a bound of about 48.5),
+        // so CI prints the figure and the large run judges it.
+        if scale.large {
+            assert!(
+                *peak <= formula + formula / 4,
+                "a consumer with {partitions} partitions peaked at {} MiB, above README's formula \
+                 ({} MiB, idle {} MiB) + 25%",
+                peak >> 20,
+                formula >> 20,
+                idle >> 20
+            );
+        }
+    }
     let (moves, revoked) = *before.lock().unwrap();
     assert_eq!(
         moves, 0,
         "a partition changed owner: a consumer was evicted from the group"
     );
     assert_eq!(revoked, 0, "partitions were revoked during the stall");
+    finished.cleanup().await;
+}
+
+/// The sum of counter `metric` over the live consumers (each must run with `ADMIN_LISTEN` on).
+async fn consumers_metric(p: &Pipeline, metric: &str) -> anyhow::Result<f64> {
+    let mut sum = 0.0;
+    for consumer in p.live_consumers() {
+        sum += Pipeline::metric(&consumer, metric).await?;
+    }
+    Ok(sum)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_offsets_restored_from_an_earlier_dump_under_a_running_group() {
+    let mut scale = Scale::of(false);
+    // At the small size, 15 s of traffic rather than 10, so that the restore lands during traffic
+    // even when the group is slow to form.
+    if !scale.large {
+        scale.rate = 200;
+    }
+    let mut spec = Spec::new(mock_broker(), scale.partitions);
+    spec.consumer_env
+        .push(("ADMIN_LISTEN", "127.0.0.1:0".to_owned()));
+    let finished = run(
+        "database restored from an earlier dump (consumer_offsets) under the running group",
+        spec,
+        scale,
+        |_| None,
+        async |p| {
+            while p.stored_offsets().await?.iter().any(Option::is_none) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // The dump: the group's offset rows as they are now, taken before the current
+            // owners' ownership statements (so one epoch older, as in consumer/tests/liveness.rs).
+            let dump = format!("chaos_offsets_dump_{}", testkit::random_suffix(6));
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE TABLE {dump} AS SELECT * FROM consumer_offsets WHERE group_id = $1"
+            )))
+            .bind(&p.group)
+            .execute(p.pool())
+            .await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            anyhow::ensure!(feeding(p), "the traffic ended before the restore");
+            let reowned_before = consumers_metric(p, "tgingest_consumer_reowned_total").await?;
+            // The restore, in one statement: offsets back to the dump's, epochs one older.
+            let rewound: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "WITH restored AS ( \
+                   UPDATE consumer_offsets c SET next_offset = d.next_offset, \
+                     owner_epoch = d.owner_epoch - 1, rewind_seq = d.rewind_seq, \
+                     last_record_sha256 = d.last_record_sha256, \
+                     topic_incarnation = d.topic_incarnation, updated_at = d.updated_at \
+                   FROM {dump} d, consumer_offsets old \
+                   WHERE (c.group_id, c.topic, c.partition) = (d.group_id, d.topic, d.partition) \
+                     AND (old.group_id, old.topic, old.partition) = (c.group_id, c.topic, c.partition) \
+                   RETURNING old.next_offset > d.next_offset AS went_back) \
+                 SELECT count(*) FILTER (WHERE went_back) FROM restored"
+            )))
+            .fetch_one(p.pool())
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {dump}")))
+                .execute(p.pool())
+                .await?;
+            anyhow::ensure!(
+                rewound >= 1,
+                "the restore moved no partition's offset back: the dump was not earlier"
+            );
+            // Every partition's owner finds an older epoch and re-owns it (at the dump's offset).
+            let partitions = f64::from(p.spec.partitions);
+            let mut reowned = 0.0;
+            let since = Instant::now();
+            while since.elapsed() < Duration::from_secs(30) {
+                reowned =
+                    consumers_metric(p, "tgingest_consumer_reowned_total").await? - reowned_before;
+                if reowned >= partitions {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            anyhow::ensure!(
+                reowned >= partitions,
+                "only {reowned} of {partitions} partitions were re-owned after the restore"
+            );
+            Ok(format!(
+                "consumer_offsets restored during traffic from a dump 2 s older (epochs one \
+                 older): {rewound} partitions moved back, {reowned} re-owned"
+            ))
+        },
+    )
+    .await;
+    finished.assert_clean();
+    finished.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_statement_timeouts_halve_batches_and_dead_letter_nothing() {
+    let scale = Scale::of(false);
+    let mut spec = Spec::new(mock_broker(), scale.partitions);
+    spec.consumer_env
+        .push(("CONSUMER_STATEMENT_TIMEOUT", "1s".to_owned()));
+    spec.consumer_env
+        .push(("ADMIN_LISTEN", "127.0.0.1:0".to_owned()));
+    let finished = run(
+        "repeated statement timeouts (every messages row 20 ms, statement timeout 1 s)",
+        spec,
+        scale,
+        |_| None,
+        async |p| {
+            while p.stored_offsets().await?.iter().any(Option::is_none) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // Every `messages` row takes 20 ms to insert (as in consumer/tests/liveness.rs): a
+            // full batch's statement runs past the 1 s timeout, and so may its first halves.
+            sqlx::raw_sql(
+                "CREATE OR REPLACE FUNCTION chaos_slow_row() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN PERFORM pg_sleep(0.02); RETURN NEW; END $$; \
+                 CREATE OR REPLACE TRIGGER chaos_slow_row BEFORE INSERT ON messages \
+                 FOR EACH ROW EXECUTE FUNCTION chaos_slow_row()",
+            )
+            .execute(p.pool())
+            .await?;
+            let slowed = Instant::now();
+            let mut halvings = 0.0;
+            while feeding(p) || slowed.elapsed() < Duration::from_secs(8) {
+                if feeding(p) {
+                    halvings =
+                        consumers_metric(p, "tgingest_consumer_timeout_halvings_total").await?;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            sqlx::query("DROP TRIGGER chaos_slow_row ON messages")
+                .execute(p.pool())
+                .await?;
+            anyhow::ensure!(
+                halvings >= 2.0,
+                "only {halvings} batches were halved after a statement timeout during traffic"
+            );
+            Ok(format!(
+                "messages rows slowed to 20 ms each for at least 8 s: {halvings} batches halved \
+                 after a timeout during traffic"
+            ))
+        },
+    )
+    .await;
+    finished.assert_clean();
+    let letters = finished
+        .scalar("SELECT count(*) FROM dead_letters WHERE topic = $1")
+        .await;
+    assert_eq!(letters, 0, "a statement timeout is not the record's fault");
     finished.cleanup().await;
 }
 
@@ -891,7 +1373,15 @@ async fn telegram_errors_stalls_and_malformed_bodies() {
                 )?;
                 injected += 1;
             }
-            Ok(format!("{injected} faulty getUpdates answers"))
+            // Every fault is injected during traffic; at least one of each kind.
+            anyhow::ensure!(
+                injected >= faults.len(),
+                "only {injected} faults injected during traffic (at least {} must)",
+                faults.len()
+            );
+            Ok(format!(
+                "{injected} faulty getUpdates answers, all during traffic"
+            ))
         },
     )
     .await;
@@ -926,7 +1416,167 @@ async fn webhook_duplicated_and_shuffled_deliveries() {
     finished.cleanup().await;
 }
 
-#[cfg(feature = "failpoints")]
+/// Kinds without a date of their own: under a receive-time ordering, a late copy of one of these
+/// would have overwritten newer rows.
+const DATELESS_KINDS: [&str; 3] = ["callback_query", "poll", "poll_answer"];
+
+/// The kind of an update's bytes (`None` for bytes that are not an update object).
+fn kind_of(raw: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    value
+        .as_object()?
+        .keys()
+        .find(|k| *k != "update_id")
+        .cloned()
+}
+
+/// Updates whose webhook delivery failed (an error status or no answer) and later succeeded:
+/// Telegram's retries, each received later than the first attempt.
+fn retried_deliveries(p: &Pipeline) -> usize {
+    let mut failed = std::collections::BTreeSet::new();
+    let mut retried = std::collections::BTreeSet::new();
+    let mut attempts = p.api.webhook_attempts();
+    attempts.sort_by_key(|a| (a.bot.id, a.update_id, a.attempt));
+    for a in attempts {
+        let key = (a.bot.id, a.update_id);
+        let ok =
+            matches!(a.outcome, botsim::WebhookOutcome::Status(code) if (200..300).contains(&code));
+        if !ok {
+            failed.insert(key);
+        } else if failed.contains(&key) {
+            retried.insert(key);
+        }
+    }
+    retried.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn order_duplication_and_time_converge_to_the_in_order_state() {
+    let scale = Scale::of(false);
+    let mut spec = Spec::new(mock_broker(), scale.partitions);
+    spec.intake = Intake::Webhook {
+        duplicate_probability: 0.2,
+        shuffle: true,
+    };
+    let settle_timeout = scale.settle_timeout();
+    let late = std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new());
+    let finished = run(
+        "order, duplication and time (shuffled, late duplicates, retries)",
+        spec,
+        scale,
+        |_| None,
+        async |p| {
+            // A broker outage longer than Telegram's 10 s webhook timeout, a third into the
+            // traffic: deliveries fail (503 or no answer) and are retried later, with later
+            // receive times, some after their first attempt was published after all.
+            while p.generated().len() < scale.updates / 3 {
+                anyhow::ensure!(feeding(p), "the traffic ended before the outage");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            p.broker.set_available(false).await?;
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            p.broker.set_available(true).await?;
+            // Once everything is stored, Telegram re-delivers old updates: every dateless one
+            // and every 10th of the others, each now older than the rows it mentions.
+            while feeding(p) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            p.settle(settle_timeout).await?;
+            let mut pushed = 0;
+            for (i, g) in p.generated().iter().enumerate() {
+                let kind = kind_of(&g.raw).unwrap_or_default();
+                if !DATELESS_KINDS.contains(&kind.as_str()) && i % 10 != 0 {
+                    continue;
+                }
+                let bot = p.bots.iter().find(|b| b.info.id == g.bot_id).unwrap();
+                anyhow::ensure!(
+                    p.api.push_update(&bot.token, g.raw.to_vec())?,
+                    "a re-delivery of {kind} was refused"
+                );
+                *late.lock().unwrap().entry(kind).or_default() += 1;
+                pushed += 1;
+            }
+            Ok(format!(
+                "20% of deliveries repeated, order shuffled; a 12 s broker outage ({} deliveries \
+                 retried); {pushed} late re-deliveries of stored updates",
+                retried_deliveries(p)
+            ))
+        },
+    )
+    .await;
+    finished.assert_clean();
+    let p = &finished.pipeline;
+    // The faults landed: retries, late copies of every dateless kind, and all of them in Kafka.
+    let retried = retried_deliveries(p);
+    assert!(
+        retried > 0,
+        "no webhook delivery was retried after a failure"
+    );
+    let late = late.into_inner().unwrap();
+    for kind in DATELESS_KINDS {
+        assert!(
+            late.get(kind).copied().unwrap_or(0) > 0,
+            "no late copy of a {kind}: {late:?}"
+        );
+    }
+    let pushed: usize = late.values().sum();
+    assert!(
+        finished.verdict.kafka_duplicates >= pushed,
+        "{} duplicates in Kafka, {pushed} late re-deliveries",
+        finished.verdict.kafka_duplicates
+    );
+    // The in-order run: the same updates, in the order they were generated, one batch after
+    // the other through the consumer's writer, received one second apart.
+    let reference = testkit::TestDb::create().await.unwrap();
+    let generated = p.generated();
+    let deliveries: Vec<testkit::direct::Delivery<'_>> = generated
+        .iter()
+        .enumerate()
+        .map(|(i, g)| testkit::direct::Delivery {
+            bot_id: g.bot_id,
+            bytes: &g.raw,
+            received_at_ms: 1_760_000_000_000 + 1_000 * i as i64,
+        })
+        .collect();
+    testkit::direct::write_in_order(reference.pool(), &deliveries, 250)
+        .await
+        .unwrap();
+    let bots: Vec<i64> = p.bots.iter().map(|b| b.info.id).collect();
+    let in_order = State::read(reference.pool(), &bots).await.unwrap();
+    let chaotic = State::read(p.pool(), &bots).await.unwrap();
+    let differences = in_order.compare(&chaotic);
+    assert!(
+        differences.is_empty(),
+        "the shuffled, duplicated, retried run differs from the in-order run in {} rows:\n{}",
+        differences.len(),
+        differences
+            .iter()
+            .take(20)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(in_order.total_rows() > 0 && in_order.rows("message_edits") > 0);
+    eprintln!(
+        "order, duplication and time: {retried} retried deliveries, late copies {late:?}, \
+         {} projection rows equal to the in-order run's",
+        in_order.total_rows()
+    );
+    finished.cleanup().await;
+}
+
+/// When the producer scenario's supervisor SIGKILLs a running producer (it never kills one that
+/// already exited at the failpoint): the first time it is alive during traffic after 2 s, then
+/// every 4 s of traffic, and once after the traffic when no kill happened. A fixed schedule alone
+/// (round 20, 60, …) could meet a producer that had just crashed every time and kill none.
+fn kill_due(round: usize, feeding: bool, kills: usize, kills_in_traffic: usize) -> bool {
+    if feeding {
+        round >= 20 && (kills_in_traffic == 0 || round % 40 == 20)
+    } else {
+        kills == 0
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn producer_killed_between_kafka_ack_and_confirm() {
     let scale = Scale::of(false);
@@ -944,6 +1594,10 @@ async fn producer_killed_between_kafka_ack_and_confirm() {
         |_| None,
         async |p| {
             let (mut crashes, mut kills, mut outages) = (0, 0, 0);
+            // Bots that confirmed, during the outage, acknowledgements received before it.
+            let mut earlier_acks = 0;
+            // Crashes after an ack and SIGKILLs seen during traffic.
+            let (mut crashes_in_traffic, mut kills_in_traffic) = (0, 0);
             let mut round = 0;
             // The failpoint keeps crashing the producer after the traffic ends: supervise it (as
             // an orchestrator restarts a crashed pod) until everything is delivered and stored.
@@ -963,18 +1617,22 @@ async fn producer_killed_between_kafka_ack_and_confirm() {
                         producer.report()
                     );
                     crashes += 1;
+                    crashes_in_traffic += usize::from(feeding(p));
                     p.restart_producer(0).await?;
-                } else if round % 40 == 20 && (feeding(p) || kills == 0) {
+                } else if kill_due(round, feeding(p), kills, kills_in_traffic) {
+                    kills_in_traffic += usize::from(feeding(p));
                     producer.signal(Signal::SIGKILL)?;
                     producer.wait(Duration::from_secs(10)).await?;
                     kills += 1;
                     p.restart_producer(0).await?;
                 } else if round >= 20 && outages == 0 && feeding(p) {
-                    p.broker.set_available(false).await?;
-                    let watched =
-                        outage_watch(p, Duration::from_secs(2), Duration::from_secs(3)).await;
-                    p.broker.set_available(true).await?;
-                    watched?;
+                    let (acks, pending, _) =
+                        broker_outage(p, Down::Killed, Duration::from_secs(5)).await?;
+                    anyhow::ensure!(
+                        pending > 0,
+                        "(5) proved nothing: Telegram had no pending updates during the outage"
+                    );
+                    earlier_acks += acks;
                     outages += 1;
                 } else if !feeding(p) && round % 10 == 0 && p.settled().await.is_ok() {
                     break;
@@ -985,8 +1643,14 @@ async fn producer_killed_between_kafka_ack_and_confirm() {
                 "the broker outage never happened during the traffic"
             );
             anyhow::ensure!(crashes >= 2, "only {crashes} crashes after an ack");
+            anyhow::ensure!(
+                crashes_in_traffic >= 1 && kills_in_traffic >= 1,
+                "during traffic only {crashes_in_traffic} crashes after an ack and {kills_in_traffic} SIGKILLs"
+            );
             Ok(format!(
-                "{crashes} exits after the ack, {kills} SIGKILLs, {outages} broker outage"
+                "{crashes} exits after the ack ({crashes_in_traffic} during traffic), {kills} \
+                 SIGKILLs ({kills_in_traffic} during traffic), {outages} broker outage (during traffic, \
+                 earlier acknowledgements confirmed during it by {earlier_acks} bots)"
             ))
         },
     )
@@ -996,6 +1660,71 @@ async fn producer_killed_between_kafka_ack_and_confirm() {
         finished.verdict.kafka_duplicates > 0,
         "no batch was published twice: no crash landed after an ack"
     );
+    finished.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoked_token_among_three_bots() {
+    let scale = Scale::of(false);
+    let mut spec = Spec::new(mock_broker(), scale.partitions);
+    spec.bots = 3;
+    let finished = run(
+        "a revoked token among three bots (5 s, then restored)",
+        spec,
+        scale,
+        |_| None,
+        async |p| {
+            while p.generated().len() < scale.updates / 4 {
+                anyhow::ensure!(feeding(p), "the traffic ended before the revocation");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Telegram answers every request with the revoked token 401 and keeps its queue;
+            // the other two bots must keep being served meanwhile.
+            let revoked = &p.bots[1];
+            let from = std::time::SystemTime::now();
+            p.api.set_token_revoked(&revoked.token, true)?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let during_traffic = feeding(p);
+            p.api.set_token_revoked(&revoked.token, false)?;
+            let to = std::time::SystemTime::now();
+            let requests = p.api.requests();
+            let polls = |bot: Option<i64>, status: u16| {
+                requests
+                    .iter()
+                    .filter(|r| {
+                        r.at >= from
+                            && r.at <= to
+                            && r.method == "getupdates"
+                            && r.status == status
+                            && (bot.is_none() || r.bot.map(|b| b.id) == bot)
+                    })
+                    .count()
+            };
+            // A revoked token names no bot in the request log: every 401 is the revoked one's.
+            let refused = polls(None, 401);
+            let served: Vec<usize> = p
+                .bots
+                .iter()
+                .filter(|b| b.info.id != revoked.info.id)
+                .map(|b| polls(Some(b.info.id), 200))
+                .collect();
+            anyhow::ensure!(during_traffic, "the traffic ended during the revocation");
+            anyhow::ensure!(
+                refused >= 1,
+                "the producer sent no getUpdates with the revoked token during traffic"
+            );
+            anyhow::ensure!(
+                served.iter().all(|&n| n >= 2),
+                "the other bots were not kept served during the revocation: {served:?} polls"
+            );
+            Ok(format!(
+                "one of three tokens revoked for 5 s during traffic: {refused} getUpdates \
+                 answered 401, the other bots served {served:?} times meanwhile"
+            ))
+        },
+    )
+    .await;
+    finished.assert_clean();
     finished.cleanup().await;
 }
 

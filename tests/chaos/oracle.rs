@@ -1,19 +1,28 @@
 //! The oracle: after a run has settled, proves from outside that nothing was lost or doubled.
 //!
-//! It reads the whole topic back and checks, in the numbering of the issue that asked for it:
+//! It reads the whole topic back (with, for a topic the scenario recreated, the first log it read
+//! before the deletion, as topic incarnation 0) and checks, in the numbering of the issue that
+//! asked for it:
 //! (1) every generated update is in PostgreSQL exactly once, as rows or as dead letters;
 //! (2) no duplicates (no payload stored twice, no record with rows and a dead letter, nothing
 //! stored that was never produced); (3) stored offsets equal the log ends; (4) each raw row's
 //! (partition, offset) holds a record with the same update id and bytes; (5) is checked during
-//! broker outages by the fault driver ([`crate::outage_watch`]); (6) every generated update
-//! reached Kafka; (7) no offset gaps were recorded. Per-record accounting is
+//! broker outages by the fault driver ([`crate::broker_outage`]); (6) every generated update
+//! reached Kafka; (7) no offset gaps were recorded, and the stored-update counts `status`
+//! reports equal the raw rows. Per-record accounting is
 //! `testkit::invariants::InvariantChecker`; this module adds the generated-update view.
+//!
+//! Then (8), [`judge_projections`]: every projection table holds exactly the state
+//! `testkit::projection_oracle` predicts from the generated updates that must have rows
+//! (computed without the processor, by the ordering rule, tombstoned updates left out); each
+//! differing row is a projection mismatch, named by table and primary key.
 
 use std::collections::{BTreeMap, HashMap};
 
 use processor::wire::{self, header};
 use sha2::{Digest, Sha256};
 use testkit::invariants::{InvariantChecker, ProducedRecord, Violation};
+use testkit::projection_oracle;
 
 use crate::pipeline::{Generated, Pipeline};
 use crate::special::Expect;
@@ -43,6 +52,11 @@ pub struct Verdict {
     pub lost: usize,
     /// Effects present twice, or present without a cause.
     pub duplicated: usize,
+    /// Projection rows that differ from the oracle's prediction (missing, unexpected or with
+    /// other values).
+    pub projection_mismatches: usize,
+    /// Projection rows the oracle predicted, over every table.
+    pub projection_rows: usize,
     /// Every broken check, described.
     pub failures: Vec<String>,
 }
@@ -89,9 +103,13 @@ pub async fn judge(pipeline: &Pipeline) -> anyhow::Result<Verdict> {
         std::time::Duration::from_secs(120 + total as u64 / 2_000),
     )
     .await?;
+    // A topic the scenario deleted and recreated: its first log, read before the deletion, is
+    // incarnation 0; each partition's current log is the incarnation its offsets row moved to.
+    let earlier = pipeline.earlier_log();
+    let incarnations = pipeline.topic_incarnations().await?;
     let mut verdict = Verdict {
         generated: generated.len(),
-        kafka_records: records.len(),
+        kafka_records: earlier.len() + records.len(),
         ..Verdict::default()
     };
     if records.len() != total {
@@ -107,21 +125,25 @@ pub async fn judge(pipeline: &Pipeline) -> anyhow::Result<Verdict> {
     }
 
     // Per-record accounting, offsets and gaps (checks 1 per record, 2, 3, 7).
-    let manifest: Vec<ProducedRecord> = records
+    // Every record with the incarnation its position is stored under.
+    let positioned: Vec<(i64, &testkit::kafka::ConsumedRecord)> = earlier
         .iter()
-        .map(|r| ProducedRecord {
-            topic: pipeline.topic.clone(),
-            partition: r.partition,
-            offset: r.offset,
-            key: Some(r.key.clone().into_bytes()),
-            value: Some(r.value.clone()),
-            headers: Vec::new(),
+        .map(|r| (0, r))
+        .chain(
+            records
+                .iter()
+                .map(|r| (incarnations[r.partition as usize], r)),
+        )
+        .collect();
+    let manifest: Vec<ProducedRecord> = positioned
+        .iter()
+        .map(|(incarnation, r)| ProducedRecord {
+            topic_incarnation: *incarnation,
+            ..r.as_produced(&pipeline.topic)
         })
         .collect();
-    let mut checker = InvariantChecker::new(pipeline.pool().clone(), pipeline.group.clone());
-    for (partition, (_, high)) in ends.iter().enumerate() {
-        checker = checker.with_log_end(&pipeline.topic, partition as i32, *high);
-    }
+    let checker = InvariantChecker::new(pipeline.pool().clone(), pipeline.group.clone())
+        .with_log_ends(&pipeline.topic, &ends);
     let report = checker.check(&manifest).await?;
     verdict.dead_letters = report.dead_lettered;
     for violation in &report.violations {
@@ -133,40 +155,47 @@ pub async fn judge(pipeline: &Pipeline) -> anyhow::Result<Verdict> {
             | Violation::UnexpectedDeadLetter { .. }
             | Violation::TombstoneAndEffect { .. }
             | Violation::UnexpectedTombstone { .. } => verdict.duplicated += 1,
-            Violation::OffsetGap { .. } | Violation::OffsetNotAtLogEnd { .. } => {}
+            Violation::OffsetGap { .. }
+            | Violation::OffsetNotAtLogEnd { .. }
+            | Violation::StoredCountMismatch { .. } => {}
         }
         verdict.fail(format!("{violation:?}"));
     }
 
     // (6) every generated update reached Kafka, and (1) has the effect its kind calls for.
-    let mut by_identity: HashMap<Identity, Vec<&testkit::kafka::ConsumedRecord>> = HashMap::new();
-    for record in &records {
+    let mut by_identity: HashMap<Identity, Vec<(i64, &testkit::kafka::ConsumedRecord)>> =
+        HashMap::new();
+    for &(incarnation, record) in &positioned {
         match identity_of_record(record) {
-            Some(identity) => by_identity.entry(identity).or_default().push(record),
+            Some(identity) => by_identity
+                .entry(identity)
+                .or_default()
+                .push((incarnation, record)),
             None => verdict.fail(format!(
                 "record {}/{} is an envelope without its original or its ids",
                 record.partition, record.offset
             )),
         }
     }
-    let raw: Vec<(i64, i64, Vec<u8>, i32, i64)> = sqlx::query_as(
-        "SELECT bot_id, update_id, payload_sha256, kafka_partition, kafka_offset FROM raw_updates \
-         WHERE kafka_topic = $1",
+    let raw: Vec<(i64, i64, Vec<u8>, i64, i32, i64)> = sqlx::query_as(
+        "SELECT bot_id, update_id, payload_sha256, kafka_topic_incarnation, kafka_partition, \
+         kafka_offset FROM raw_updates WHERE kafka_topic = $1",
     )
     .bind(&pipeline.topic)
     .fetch_all(pipeline.pool())
     .await?;
     let mut raw_rows: HashMap<(i64, i64, Vec<u8>), usize> = HashMap::new();
-    for (bot, id, digest, _, _) in &raw {
+    for (bot, id, digest, _, _, _) in &raw {
         *raw_rows.entry((*bot, *id, digest.clone())).or_default() += 1;
     }
-    let dead: Vec<(i32, i64)> = sqlx::query_as(
-        "SELECT partition, kafka_offset FROM dead_letters WHERE topic = $1 AND resolved_at IS NULL",
+    let dead: Vec<(i64, i32, i64)> = sqlx::query_as(
+        "SELECT topic_incarnation, partition, kafka_offset FROM dead_letters \
+         WHERE topic = $1 AND resolved_at IS NULL",
     )
     .bind(&pipeline.topic)
     .fetch_all(pipeline.pool())
     .await?;
-    let dead: std::collections::HashSet<(i32, i64)> = dead.into_iter().collect();
+    let dead: std::collections::HashSet<(i64, i32, i64)> = dead.into_iter().collect();
     let mut seen: BTreeMap<Identity, usize> = BTreeMap::new();
     for g in &generated {
         let identity = identity_of_generated(g);
@@ -209,7 +238,9 @@ pub async fn judge(pipeline: &Pipeline) -> anyhow::Result<Verdict> {
             Expect::DeadLetter => {
                 let letters = in_kafka
                     .iter()
-                    .filter(|r| dead.contains(&(r.partition, r.offset)))
+                    .filter(|(incarnation, r)| {
+                        dead.contains(&(*incarnation, r.partition, r.offset))
+                    })
                     .count();
                 if letters != in_kafka.len() {
                     verdict.lost += 1;
@@ -242,21 +273,60 @@ pub async fn judge(pipeline: &Pipeline) -> anyhow::Result<Verdict> {
     }
 
     // (4) each raw row's position holds a record with its update id and bytes.
-    let by_position: HashMap<(i32, i64), &testkit::kafka::ConsumedRecord> = records
+    let by_position: HashMap<(i64, i32, i64), &testkit::kafka::ConsumedRecord> = positioned
         .iter()
-        .map(|r| ((r.partition, r.offset), r))
+        .map(|&(incarnation, r)| ((incarnation, r.partition, r.offset), r))
         .collect();
-    for (bot, id, digest, partition, offset) in &raw {
-        let ok = by_position.get(&(*partition, *offset)).is_some_and(|r| {
-            r.header(header::UPDATE_ID) == Some(id.to_string().as_str())
-                && r.header(header::BOT_ID) == Some(bot.to_string().as_str())
-                && sha(&r.value).as_slice() == digest.as_slice()
-        });
+    for (bot, id, digest, incarnation, partition, offset) in &raw {
+        let ok = by_position
+            .get(&(*incarnation, *partition, *offset))
+            .is_some_and(|r| {
+                r.header(header::UPDATE_ID) == Some(id.to_string().as_str())
+                    && r.header(header::BOT_ID) == Some(bot.to_string().as_str())
+                    && sha(&r.value).as_slice() == digest.as_slice()
+            });
         if !ok {
             verdict.fail(format!(
-                "(4) raw row ({bot}, {id}) points at {partition}/{offset}, which holds another record"
+                "(4) raw row ({bot}, {id}) points at {partition}/{offset} (incarnation \
+                 {incarnation}), which holds another record"
             ));
         }
     }
     Ok(verdict)
+}
+
+/// (8) Compares every projection table with the state the projection oracle predicts from the
+/// generated updates that must have rows. The traffic never restarts update ids and runs for
+/// minutes, so each bot's updates are in its first update-id epoch (0).
+pub async fn judge_projections(pipeline: &Pipeline, verdict: &mut Verdict) -> anyhow::Result<()> {
+    let generated = pipeline.generated();
+    let bots: Vec<i64> = pipeline.bots.iter().map(|b| b.info.id).collect();
+    let tombstoned = projection_oracle::tombstoned_updates(pipeline.pool(), &bots).await?;
+    let updates = generated
+        .iter()
+        .filter(|g| g.expect == Expect::Rows)
+        .map(|g| projection_oracle::Update {
+            bot_id: g.bot_id,
+            epoch: 0,
+            bytes: &g.raw,
+        });
+    let report = projection_oracle::check(pipeline.pool(), &bots, updates, &tombstoned)
+        .await
+        .map_err(|e| anyhow::anyhow!("(8) the projection oracle: {e:#}"))?;
+    anyhow::ensure!(
+        report.expected_rows > 0,
+        "(8) the projection oracle predicted no rows: it compared nothing"
+    );
+    verdict.projection_rows = report.expected_rows;
+    verdict.projection_mismatches = report.mismatches.len();
+    for mismatch in report.mismatches.iter().take(20) {
+        verdict.fail(format!("(8) projection mismatch: {mismatch}"));
+    }
+    if report.mismatches.len() > 20 {
+        verdict.fail(format!(
+            "(8) … and {} more projection mismatches",
+            report.mismatches.len() - 20
+        ));
+    }
+    Ok(())
 }

@@ -23,7 +23,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use testkit::{BrokerKind, ChildProcess, PrivateCluster, TestBroker, TestDb};
+use testkit::{BrokerKind, ChildProcess, PrivateCluster, TcpProxy, TestBroker, TestDb};
 
 use crate::special::{Expect, Special};
 
@@ -71,6 +71,12 @@ pub struct Spec {
     pub producer_env: Vec<(&'static str, String)>,
     /// Run the consumers as a role that can write the tables but run no DDL.
     pub least_privilege: bool,
+    /// The consumers reach PostgreSQL through a [`TcpProxy`] of the test ([`Pipeline::proxy`]),
+    /// which can freeze their connections.
+    pub database_proxy: bool,
+    /// The feed stops after this many updates until the driver calls [`Pipeline::release_feed`],
+    /// so a fault that must land during traffic never races the traffic's end.
+    pub feed_hold_after: Option<usize>,
 }
 
 impl Spec {
@@ -85,6 +91,8 @@ impl Spec {
             consumer_env: Vec::new(),
             producer_env: Vec::new(),
             least_privilege: false,
+            database_proxy: false,
+            feed_hold_after: None,
         }
     }
 }
@@ -126,8 +134,11 @@ pub struct Pipeline {
     pub api: BotApi,
     pub bots: Vec<Bot>,
     db: Db,
-    /// The URL the consumers use (the least-privilege role's, when asked for).
+    /// The URL the consumers use (the least-privilege role's, when asked for; through the proxy,
+    /// when asked for).
     consumer_url: String,
+    /// Between the consumers and PostgreSQL, when the spec asks for it.
+    pub proxy: Option<TcpProxy>,
     /// The role's password, which no log may contain.
     role_password: Option<String>,
     role: Option<String>,
@@ -136,9 +147,14 @@ pub struct Pipeline {
     pub consumers: Mutex<Vec<Arc<ChildProcess>>>,
     pub producers: Mutex<Vec<Arc<ChildProcess>>>,
     retired: Mutex<Vec<Arc<ChildProcess>>>,
+    /// The topic's first log, read back before a scenario deleted and recreated the topic.
+    earlier_log: Mutex<Vec<testkit::kafka::ConsumedRecord>>,
     generated: Mutex<Vec<Generated>>,
     spawned: AtomicUsize,
     pub feeding_done: AtomicBool,
+    /// Set once the feed reached [`Spec::feed_hold_after`] and waits.
+    pub feed_held: AtomicBool,
+    feed_release: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -174,6 +190,12 @@ impl Pipeline {
             (url, Some(role), Some(password))
         } else {
             (owner_url, None, None)
+        };
+        let (consumer_url, proxy) = if spec.database_proxy {
+            let (url, proxy) = through_proxy(&consumer_url).await?;
+            (url, Some(proxy))
+        } else {
+            (consumer_url, None)
         };
 
         let broker = TestBroker::start_with(spec.broker).await?;
@@ -238,6 +260,7 @@ impl Pipeline {
             bots,
             db,
             consumer_url,
+            proxy,
             role_password,
             role,
             webhook_secret: format!("hook-{}", testkit::random_suffix(24)),
@@ -245,9 +268,12 @@ impl Pipeline {
             consumers: Mutex::new(Vec::new()),
             producers: Mutex::new(Vec::new()),
             retired: Mutex::new(Vec::new()),
+            earlier_log: Mutex::new(Vec::new()),
             generated: Mutex::new(Vec::new()),
             spawned: AtomicUsize::new(0),
             feeding_done: AtomicBool::new(false),
+            feed_held: AtomicBool::new(false),
+            feed_release: tokio::sync::Notify::new(),
         };
         let producer = pipeline.spawn_producer().await?;
         if let Intake::Webhook { .. } = pipeline.spec.intake {
@@ -323,15 +349,20 @@ impl Pipeline {
         Ok(child)
     }
 
+    /// The producer's webhook URL for `bot_id`, and the secret Telegram sends with each POST.
+    pub fn webhook_target(&self, bot_id: i64) -> (String, &str) {
+        (
+            format!("http://127.0.0.1:{}/webhook/{bot_id}", self.webhook_port),
+            &self.webhook_secret,
+        )
+    }
+
     /// Registers each bot's webhook with the simulated Bot API as an operator would (the producer
     /// only accepts https public URLs; this one is plain http on loopback).
-    async fn register_webhooks(&self) -> anyhow::Result<()> {
+    pub async fn register_webhooks(&self) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         for bot in &self.bots {
-            let url = format!(
-                "http://127.0.0.1:{}/webhook/{}",
-                self.webhook_port, bot.info.id
-            );
+            let (url, _) = self.webhook_target(bot.info.id);
             let reply: serde_json::Value = http
                 .post(format!(
                     "{}/bot{}/setWebhook",
@@ -364,12 +395,16 @@ impl Pipeline {
         Ok(())
     }
 
-    fn consumer_command(&self) -> Command {
+    /// A consumer process's command; its PostgreSQL sessions carry `application_name` (libpq's
+    /// PGAPPNAME, which the binary honours) `tgingest-<name>`, so a scenario can see whether that
+    /// very process has a transaction open.
+    fn consumer_command(&self, name: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tgingest"));
         cmd.arg("consumer")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", &self.consumer_url)
+            .env("PGAPPNAME", format!("tgingest-{name}"))
             .env("KAFKA_BROKERS", self.broker.bootstrap_servers())
             .env("KAFKA_TOPIC", &self.topic)
             .env("KAFKA_GROUP_ID", &self.group)
@@ -387,9 +422,10 @@ impl Pipeline {
 
     /// Spawns a consumer process and waits until it logged its start.
     async fn spawn_consumer(&self) -> anyhow::Result<Arc<ChildProcess>> {
+        let name = self.name("consumer");
         let child = Arc::new(ChildProcess::spawn(
-            self.consumer_command(),
-            &self.name("consumer"),
+            self.consumer_command(&name),
+            &name,
             HARD_TIMEOUT,
         )?);
         child
@@ -399,6 +435,40 @@ impl Pipeline {
             )
             .await?;
         Ok(child)
+    }
+
+    /// The idle term of the consumer memory formula for the binary under test, for a consumer
+    /// holding `partitions` partitions: a consumer process of a group of its own, on an empty
+    /// topic of its own with that many partitions (as `tgingest-bench memory` measures README's
+    /// "idle (empty topic)" row), starts a worker for each and is left idle for 2 s; returns its
+    /// peak resident memory (VmHWM, bytes), then stops it (it must exit 0).
+    pub async fn idle_consumer_peak_rss(&self, partitions: i32) -> anyhow::Result<u64> {
+        let topic = self.broker.unique_topic("chaos-idle");
+        self.broker.create_topic(&topic, partitions).await?;
+        let name = self.name("consumer-idle");
+        let mut cmd = self.consumer_command(&name);
+        cmd.env("KAFKA_TOPIC", &topic)
+            .env("KAFKA_GROUP_ID", self.broker.unique_group("chaos-idle"));
+        let child = Arc::new(ChildProcess::spawn(cmd, &name, HARD_TIMEOUT)?);
+        lock(&self.retired).push(child.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.output_text().matches("worker started").count() < partitions as usize {
+            if Instant::now() > deadline {
+                bail!(
+                    "the idle consumer did not start {partitions} workers: {}",
+                    child.report()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let peak = memory_of(&child, "VmHWM:").context("reading the idle consumer's VmHWM")?;
+        child.signal(Signal::SIGTERM)?;
+        let status = child.wait(Duration::from_secs(30)).await?;
+        if !status.success() {
+            bail!("the idle consumer exited {status}: {}", child.report());
+        }
+        Ok(peak)
     }
 
     /// Starts one more consumer process and waits until it logged its start.
@@ -411,6 +481,54 @@ impl Pipeline {
     /// The live consumer processes.
     pub fn live_consumers(&self) -> Vec<Arc<ChildProcess>> {
         lock(&self.consumers).clone()
+    }
+
+    /// Whether consumer `index` has a transaction with a transaction id open now (a batch, or an
+    /// ownership statement): active or idle in transaction, in `pg_stat_activity`.
+    pub async fn consumer_in_transaction(&self, index: usize) -> anyhow::Result<bool> {
+        let name = format!("tgingest-{}", lock(&self.consumers)[index].name());
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+              WHERE application_name = $1 AND backend_xid IS NOT NULL \
+                AND state IN ('active', 'idle in transaction'))",
+        )
+        .bind(name)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// The value of counter `metric` on `child`'s `/metrics` (0 when not yet exported): the
+    /// process must run with `ADMIN_LISTEN` on (for example `127.0.0.1:0`); its address is read
+    /// from the "admin server listening" line it logged.
+    pub async fn metric(child: &ChildProcess, metric: &str) -> anyhow::Result<f64> {
+        let addr = Self::admin_address(child)?;
+        let body = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .map_err(reqwest::Error::without_url)?
+            .text()
+            .await
+            .map_err(reqwest::Error::without_url)?;
+        Ok(body
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(metric)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// The address of `child`'s admin server (`/readyz`, `/metrics`): the process must run with
+    /// `ADMIN_LISTEN` on; read from the "admin server listening" line it logged.
+    pub fn admin_address(child: &ChildProcess) -> anyhow::Result<String> {
+        let log = child.output_text();
+        Ok(log
+            .lines()
+            .find(|l| l.contains("admin server listening"))
+            .and_then(|l| l.split("local_addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .with_context(|| format!("{} logged no admin server address", child.name()))?
+            .to_owned())
     }
 
     /// SIGKILLs consumer `index` and starts a replacement in its slot.
@@ -440,17 +558,30 @@ impl Pipeline {
     }
 
     /// Pushes `total` updates into the simulated Bot API at `rate` per second, round-robin over
-    /// the bots; `special(i)` may replace update `i` by a bad or unusual one.
+    /// the bots; `special(i)` may replace update `i` by a bad or unusual one. With
+    /// [`Spec::feed_hold_after`] the feed waits there for [`Pipeline::release_feed`], then goes
+    /// on at the same rate.
     pub async fn feed(
         &self,
         total: usize,
         rate: u32,
         special: impl Fn(usize) -> Option<Special>,
     ) -> anyhow::Result<()> {
-        let started = Instant::now();
+        let mut started = Instant::now();
         let mut sent = 0;
+        let mut hold = self.spec.feed_hold_after.filter(|&n| n < total);
         while sent < total {
-            let due = ((started.elapsed().as_secs_f64() * f64::from(rate)) as usize + 1).min(total);
+            if hold == Some(sent) {
+                let released = self.feed_release.notified();
+                self.feed_held.store(true, Ordering::SeqCst);
+                released.await;
+                self.feed_held.store(false, Ordering::SeqCst);
+                hold = None;
+                started = Instant::now() - Duration::from_secs_f64(sent as f64 / f64::from(rate));
+            }
+            let due = ((started.elapsed().as_secs_f64() * f64::from(rate)) as usize + 1)
+                .min(total)
+                .min(hold.unwrap_or(total));
             while sent < due {
                 let bot = &self.bots[sent % self.bots.len()];
                 let normal = lock(&bot.traffic).next_update();
@@ -475,9 +606,51 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Lets a feed held at [`Spec::feed_hold_after`] go on.
+    pub fn release_feed(&self) {
+        self.feed_release.notify_one();
+    }
+
     /// Everything fed so far.
     pub fn generated(&self) -> Vec<Generated> {
         lock(&self.generated).clone()
+    }
+
+    /// From now on every update fed so far of kind `special` must have rows, not a dead letter
+    /// (an operator removed the cause and redrove or replayed them); returns how many.
+    pub fn expect_rows_for(&self, special: Special) -> usize {
+        let mut generated = lock(&self.generated);
+        let mut changed = 0;
+        for g in generated.iter_mut().filter(|g| g.special == Some(special)) {
+            g.expect = Expect::Rows;
+            changed += 1;
+        }
+        changed
+    }
+
+    /// An operator's `tgingest` command (`args`, e.g. `replay --to-earliest --execute`) on the
+    /// pipeline's database (as its owner), broker, topic and consumer group.
+    pub fn operator_command(&self, args: &[&str]) -> tokio::process::Command {
+        let owner_url = match &self.db {
+            Db::Shared(db) => db.url().to_owned(),
+            Db::Private { url, .. } => url.clone(),
+        };
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tgingest"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", owner_url)
+            .env("KAFKA_BROKERS", self.broker.bootstrap_servers())
+            .env("KAFKA_TOPIC", &self.topic)
+            .env("KAFKA_GROUP_ID", &self.group)
+            .env("RUST_LOG", "info")
+            .kill_on_drop(true);
+        for (var, _) in testkit::kafka::SECURITY_ENV {
+            if let Some(value) = std::env::var_os(var) {
+                cmd.env(var, value);
+            }
+        }
+        cmd
     }
 
     /// Updates the simulated Bot API still holds (unconfirmed or undelivered), over all bots.
@@ -504,6 +677,92 @@ impl Pipeline {
             self.spec.partitions,
         )
         .await
+    }
+
+    /// Deletes the topic and creates it again with as many partitions, after reading its whole
+    /// log back (`count` records, every one of them) for the oracle: the first log's records are
+    /// stored under topic incarnation 0. Only once per pipeline, with no client of the topic
+    /// running. On Tansu, a broker wedged by its storage panic during the deletion is restarted
+    /// and the deletion retried; returns how many restarts that took.
+    pub async fn recreate_topic(&self, count: usize) -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            lock(&self.earlier_log).is_empty(),
+            "the topic was already recreated once"
+        );
+        let first = testkit::kafka::read_topic(
+            self.broker.client_config(),
+            &self.topic,
+            count,
+            Duration::from_secs(60 + count as u64 / 2_000),
+        )
+        .await?;
+        anyhow::ensure!(
+            first.len() == count,
+            "read {} records of the first log back, the watermarks say {count}",
+            first.len()
+        );
+        *lock(&self.earlier_log) = first;
+        // Fetches the closed clients left waiting in the broker must end first: Tansu 0.6 panics
+        // when a fetch of a deleted partition completes ("more or less than one row").
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut restarts = 0;
+        loop {
+            match self.broker.delete_topic(&self.topic).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let restarted = crate::restart_if_wedged(self).await?;
+                    if restarted == 0 || restarts >= 3 {
+                        return Err(e.context(format!("after {restarts} Tansu restarts")));
+                    }
+                    restarts += restarted;
+                    if !testkit::kafka::topic_listed(self.broker.client_config(), &self.topic)
+                        .await?
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        self.broker
+            .create_topic(&self.topic, self.spec.partitions)
+            .await?;
+        Ok(restarts)
+    }
+
+    /// The first log of a topic [`Pipeline::recreate_topic`] recreated (empty otherwise).
+    pub fn earlier_log(&self) -> Vec<testkit::kafka::ConsumedRecord> {
+        lock(&self.earlier_log).clone()
+    }
+
+    /// Each partition's topic incarnation in its offsets row (0 without a row).
+    pub async fn topic_incarnations(&self) -> anyhow::Result<Vec<i64>> {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT partition, topic_incarnation FROM consumer_offsets \
+             WHERE group_id = $1 AND topic = $2",
+        )
+        .bind(&self.group)
+        .bind(&self.topic)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = vec![0; self.spec.partitions as usize];
+        for (p, incarnation) in rows {
+            out[p as usize] = incarnation;
+        }
+        Ok(out)
+    }
+
+    /// The watermarks once two reads 200 ms apart agree: with the producer paused, no produce
+    /// request is still being appended.
+    pub async fn quiet_watermarks(&self) -> anyhow::Result<Vec<(i64, i64)>> {
+        let mut ends = self.watermarks().await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let again = self.watermarks().await?;
+            if again == ends {
+                return Ok(ends);
+            }
+            ends = again;
+        }
     }
 
     /// Stored `next_offset` per partition (`None` without a row).
@@ -585,20 +844,13 @@ impl Pipeline {
 
     /// Peak resident memory (VmHWM, bytes) of every live consumer process.
     pub fn consumer_peak_rss(&self) -> Vec<u64> {
+        self.consumer_memory("VmHWM:")
+    }
+
+    fn consumer_memory(&self, field: &str) -> Vec<u64> {
         self.live_consumers()
             .iter()
-            .filter_map(|c| {
-                let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid())).ok()?;
-                let kib: u64 = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .ok()?;
-                Some(kib * 1024)
-            })
+            .filter_map(|c| memory_of(c, field))
             .collect()
     }
 
@@ -650,6 +902,20 @@ impl Pipeline {
     }
 }
 
+/// A `/proc/PID/status` memory field (`VmHWM:`, `VmRSS:`) of `child`, bytes.
+fn memory_of(child: &ChildProcess, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid())).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// An external broker's security settings reach the children as the same variables the test
 /// read them from (the children's environment is otherwise cleared).
 fn pass_security_env(cmd: &mut Command) {
@@ -665,6 +931,23 @@ fn db_pool(db: &Db) -> &PgPool {
         Db::Shared(db) => db.pool(),
         Db::Private { pool, .. } => pool,
     }
+}
+
+/// Starts a [`TcpProxy`] to the PostgreSQL server of `url` and returns `url` rewritten to pass
+/// through it.
+async fn through_proxy(url: &str) -> anyhow::Result<(String, TcpProxy)> {
+    let mut url = url::Url::parse(url)?;
+    let host = url.host_str().context("the database URL names no host")?;
+    let port = url.port().unwrap_or(5432);
+    let upstream = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .with_context(|| format!("{host}:{port} resolves to no address"))?;
+    let proxy = TcpProxy::start(upstream).await?;
+    url.set_host(Some("127.0.0.1"))?;
+    url.set_port(Some(proxy.port()))
+        .map_err(|()| anyhow::anyhow!("bad URL"))?;
+    Ok((url.into(), proxy))
 }
 
 /// Runs `tgingest migrate` on `url`, granting `consumer_role` when given.
@@ -728,6 +1011,71 @@ async fn least_privilege_role(
         other => bail!("the least-privilege role could run DDL: {other:?}"),
     }
     Ok((url.into(), role, password))
+}
+
+/// The highest update id per bot among the records of `topic` below `ends` (one end offset per
+/// partition), read partition by partition until each reached its end or `timeout` passed.
+pub async fn max_update_ids_below(
+    mut config: ClientConfig,
+    topic: &str,
+    ends: &[i64],
+    timeout: Duration,
+) -> anyhow::Result<std::collections::BTreeMap<i64, i64>> {
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    config
+        .set(
+            "group.id",
+            format!("chaos-below-{}", testkit::random_suffix(8)),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let topic = topic.to_owned();
+    let ends = ends.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config.create()?;
+        let mut tpl = TopicPartitionList::new();
+        for (partition, end) in ends.iter().enumerate() {
+            if *end > 0 {
+                tpl.add_partition_offset(&topic, partition as i32, Offset::Beginning)?;
+            }
+        }
+        client.assign(&tpl)?;
+        // The next offset still to read, per partition.
+        let mut next = vec![0_i64; ends.len()];
+        let mut max = std::collections::BTreeMap::new();
+        let deadline = Instant::now() + timeout;
+        while next.iter().zip(&ends).any(|(n, e)| n < e) {
+            if Instant::now() > deadline {
+                bail!("read only up to {next:?} of {ends:?} within {timeout:?}");
+            }
+            let Some(Ok(message)) = client.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let partition = message.partition() as usize;
+            next[partition] = next[partition].max(message.offset() + 1);
+            if message.offset() >= ends[partition] {
+                continue;
+            }
+            let header = |name: &str| {
+                message.headers().and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == name)
+                        .and_then(|x| std::str::from_utf8(x.value?).ok()?.parse::<i64>().ok())
+                })
+            };
+            let (Some(bot), Some(update)) = (
+                header(processor::wire::header::BOT_ID),
+                header(processor::wire::header::UPDATE_ID),
+            ) else {
+                continue;
+            };
+            let entry = max.entry(bot).or_insert(update);
+            *entry = (*entry).max(update);
+        }
+        Ok(max)
+    })
+    .await?
 }
 
 /// (low, high) watermarks of `partitions` partitions of `topic`.

@@ -54,7 +54,14 @@ pub enum Special {
     UnknownFields,
     /// A message whose text is an SQL-injection attempt.
     SqlInjection,
+    /// The realistic update itself, its first text (a message's, an edit's, a poll option's)
+    /// prefixed with [`PADDING_BYTES`] of ASCII: large records in the realistic chats, so they
+    /// spread over the partitions as the realistic traffic does. Unchanged without a text.
+    Padded,
 }
+
+/// How many bytes [`Special::Padded`] adds to a text.
+pub const PADDING_BYTES: usize = 6 * 1024;
 
 /// The integer `update_id` of an update's bytes, if it has one. Every update here starts with
 /// `{"update_id":N` (the generator's and the specials' fixed field order), so this reads no
@@ -85,6 +92,17 @@ impl Special {
     pub fn build(self, bot_id: i64, normal: &[u8]) -> Generated {
         let id = update_id_of(normal).expect("realistic updates have an update_id");
         let (raw, expect) = match self {
+            Self::Padded => {
+                let normal = String::from_utf8_lossy(normal).into_owned();
+                let padded = match normal.find(r#""text":""#) {
+                    Some(at) => {
+                        let at = at + r#""text":""#.len();
+                        format!("{}{}{}", &normal[..at], "p".repeat(PADDING_BYTES), &normal[at..])
+                    }
+                    None => normal,
+                };
+                (padded, Expect::Rows)
+            }
             Self::NulText => (
                 message(id, r#""before\u0000after""#, ""),
                 Expect::Rows,

@@ -3,7 +3,8 @@
 //!
 //! Usage: `mock-kafka [--brokers N]` (default 3). Prints one line `bootstrap=<servers>`, then reads
 //! commands from stdin, one per line, answering each with `ok` or `err <reason>`:
-//! `create-topic NAME PARTITIONS`, `down` (all brokers refuse connections), `up`.
+//! `create-topic NAME PARTITIONS`, `down` (all brokers refuse connections), `up`,
+//! `leader TOPIC PARTITION BROKER` (move a partition's leadership to broker BROKER, 1 to N).
 //! Exits 0 when stdin closes; the cluster and its data go with it.
 
 use std::io::{BufRead, Write};
@@ -62,7 +63,15 @@ fn execute(cluster: &MockClusterHost, line: &str) -> anyhow::Result<()> {
         }
         ["down"] => cluster.set_available(false),
         ["up"] => cluster.set_available(true),
-        _ => bail!("unknown command; expected `create-topic NAME PARTITIONS`, `down` or `up`"),
+        ["leader", topic, partition, broker] => {
+            let partition: i32 = partition.parse().context("PARTITION must be a number")?;
+            let broker: i32 = broker.parse().context("BROKER must be a number")?;
+            cluster.set_partition_leader(topic, partition, broker)
+        }
+        _ => bail!(
+            "unknown command; expected `create-topic NAME PARTITIONS`, `down`, `up` or \
+             `leader TOPIC PARTITION BROKER`"
+        ),
     }
 }
 
@@ -95,6 +104,11 @@ mod tests {
         assert!(execute(&cluster, "reboot").is_err());
         assert!(execute(&cluster, "down").is_ok());
         assert!(execute(&cluster, "up").is_ok());
+        assert!(execute(&cluster, "leader t 1 1").is_ok());
+        assert!(execute(&cluster, "leader t 2 1").is_err());
+        assert!(execute(&cluster, "leader t 1 9").is_err());
+        assert!(execute(&cluster, "leader t one 1").is_err());
+        assert!(execute(&cluster, "leader t 1").is_err());
         Ok(())
     }
 }

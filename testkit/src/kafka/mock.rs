@@ -81,6 +81,20 @@ impl HostedMockBroker {
         self.command(if available { "up" } else { "down" }).await
     }
 
+    /// Moves the leadership of `topic`'s `partition` to broker `broker` (1 to the broker count).
+    pub async fn set_partition_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        broker: i32,
+    ) -> anyhow::Result<()> {
+        if topic.is_empty() || topic.contains(char::is_whitespace) {
+            bail!("topic name {topic:?} cannot be sent to mock-kafka");
+        }
+        self.command(&format!("leader {topic} {partition} {broker}"))
+            .await
+    }
+
     async fn command(&self, command: &str) -> anyhow::Result<()> {
         // One command at a time: the reply is the first `ok`/`err` line after the request.
         let mut stdin = self.stdin.lock().await;
