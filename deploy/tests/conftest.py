@@ -98,7 +98,8 @@ def tgingest() -> str:
     pytest.fail("tgingest binary not found: run `cargo build --bin tgingest` or set TGINGEST_BIN")
 
 
-ENV_IN_HELP = re.compile(r"\[env:\s+([A-Z0-9_]+)=")
+# `[env: NAME]`: the binary hides every variable's value from --help.
+ENV_IN_HELP = re.compile(r"\[env:\s+([A-Z0-9_]+)[=\]]")
 # Help text is wrapped to the terminal width; a wide one keeps each entry on one line.
 HELP_ENV = {**os.environ, "COLUMNS": "1000"}
 

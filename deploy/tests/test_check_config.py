@@ -19,7 +19,9 @@ DUMMY_SECRETS = {
     "tokens": "123456789:AAHdummy-token_for_check\n987654321:BBHsecond_dummy\n",
     "webhook-secret": "dummy-webhook-secret-0123456789",
     "url": "postgres://tgingest:dummy@postgres.example.internal:5432/tgingest",
+    "uri": "postgresql://tgingest:dummy@tgingest-db-rw.tgingest:5432/tgingest",
     "sasl-password": "dummy-sasl-password",
+    "password": "dummy-sasl-password",
     "sasl-username": "tgingest",
     "telegram_bot_tokens": "123456789:AAHdummy-token_for_check\n",
 }
@@ -61,7 +63,8 @@ def k8s_cases(rendered):
         configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in by_kind(docs, "ConfigMap")}
         for workload, spec in pod_specs(docs):
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
-            for c in spec["containers"]:
+            # Init containers too: the consumers' migration runs as one.
+            for c in spec.get("initContainers", []) + spec["containers"]:
                 env = {}
                 for source in c.get("envFrom", []):
                     ref = source.get("configMapRef")
@@ -135,7 +138,7 @@ def test_each_kubernetes_container_sets_only_variables_its_subcommand_reads(rend
     for overlay, workload, container, args, _env, _mounts in k8s_cases(rendered):
         sub = args[0]
         spec = next(s for w, s in pod_specs(rendered[overlay]) if w == workload)
-        c = next(c for c in spec["containers"] if c["name"] == container)
+        c = next(c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == container)
         own = {e["name"] for e in c.get("env", [])} - known_env[sub]
         assert not own, f"{overlay} {workload}: tgingest {sub} ignores {sorted(own)} (misspelt or wrong role?)"
 
@@ -156,8 +159,11 @@ def test_a_missing_secret_file_makes_check_config_fail_naming_it(rendered, tging
 # ---------------------------------------------------------------- Compose
 
 def tgingest_services(compose):
+    """Services running the tgingest image (the Dockerfile's default target; its telegram-sim
+    target is the simulator, not tgingest)."""
     for name, svc in compose["services"].items():
-        if svc.get("build", {}).get("dockerfile") == "deploy/Dockerfile":
+        build = svc.get("build", {})
+        if build.get("dockerfile") == "deploy/Dockerfile" and build.get("target", "runtime") == "runtime":
             yield name, svc
 
 

@@ -16,15 +16,19 @@ KUBERNETES_VERSION = "1.32.0"
 # Longest drain of any role, in seconds: the producer flushes in-flight deliveries, bounded by its
 # delivery timeout (30 s by default); a consumer finishes or rolls back one batch.
 LONGEST_DRAIN_SECONDS = 30
-EXPECTED_OVERLAYS = {"polling", "polling-hpa", "webhook", "prometheus-operator"}
-CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+EXPECTED_OVERLAYS = {"polling", "polling-hpa", "webhook", "prometheus-operator", "strimzi"}
+# Custom resources: KEDA's and the Prometheus Operator's are checked field by field below; Strimzi's
+# against their schemas in test_k8s_strimzi.py.
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule", "KafkaTopic",
+             "KafkaUser"}
 
 
 def test_every_expected_overlay_exists_and_renders(rendered):
     assert EXPECTED_OVERLAYS <= set(OVERLAYS)
     for overlay, docs in rendered.items():
         kinds = {d["kind"] for d in docs}
-        assert {"Deployment", "Job", "ConfigMap", "PodDisruptionBudget", "Service"} <= kinds, overlay
+        assert {"Namespace", "Deployment", "ConfigMap", "PodDisruptionBudget", "Service",
+                "NetworkPolicy"} <= kinds, overlay
 
 
 def test_every_rendered_overlay_is_valid_against_the_kubernetes_schemas(rendered_dir):
@@ -97,7 +101,7 @@ def test_long_running_pods_have_probes_on_the_admin_server(rendered, overlay):
 
 
 def test_the_polling_producer_is_a_recreated_singleton(rendered):
-    for overlay in ("polling", "polling-hpa", "prometheus-operator"):
+    for overlay in ("polling", "polling-hpa", "prometheus-operator", "strimzi"):
         producer = one(rendered[overlay], "Deployment", "tgingest-producer")
         assert producer["spec"]["replicas"] == 1, overlay
         assert producer["spec"]["strategy"]["type"] == "Recreate", overlay
@@ -147,16 +151,11 @@ def test_services_and_disruption_budgets_select_the_pods_they_name(rendered, ove
                 assert obj["spec"].get("maxUnavailable") == 1, "a budget must still allow node drains"
 
 
-def test_the_migration_is_a_job_that_does_not_restart_forever(rendered):
-    for overlay, docs in rendered.items():
-        job = one(docs, "Job", "tgingest-migrate")
-        assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
-        assert job["spec"]["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
-        assert 0 < job["spec"]["backoffLimit"] <= 10, overlay
-
-
 def _configmap(docs):
-    return one(docs, "ConfigMap", "tgingest")["data"]
+    """The settings ConfigMap the consumers read (generated: its name carries a content hash)."""
+    consumer = one(docs, "Deployment", "tgingest-consumer")
+    [ref] = [s["configMapRef"]["name"] for s in consumer["spec"]["template"]["spec"]["containers"][0]["envFrom"]]
+    return one(docs, "ConfigMap", ref)["data"]
 
 
 def test_kafka_and_postgresql_use_tls_with_credentials_from_secrets(rendered):
@@ -176,7 +175,7 @@ def test_kafka_and_postgresql_use_tls_with_credentials_from_secrets(rendered):
 
 
 AUTOSCALED = {"polling": "ScaledObject", "webhook": "ScaledObject", "prometheus-operator": "ScaledObject",
-              "polling-hpa": "HorizontalPodAutoscaler"}
+              "strimzi": "ScaledObject", "polling-hpa": "HorizontalPodAutoscaler"}
 KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
 KEDA_AUTH_PARAMETERS = {"sasl", "username", "password", "tls", "ca", "cert", "key", "keyPassword"}
 
@@ -228,9 +227,21 @@ def test_the_keda_scaled_object_has_every_required_field_and_matches_the_consume
     auth = one(docs, "TriggerAuthentication", ref)
     assert auth["apiVersion"] == "keda.sh/v1alpha1"
     params = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
-    assert {"username", "password"} <= set(params)
+    from_env = {r["parameter"]: r for r in auth["spec"].get("env", [])}
+    assert {"username", "password"} <= set(params) | set(from_env)
     for p, r in params.items():
         assert p in KEDA_AUTH_PARAMETERS, p
         assert r.get("name") and r.get("key"), r
+    consumer = one(docs, "Deployment", "tgingest-consumer")["spec"]["template"]["spec"]
+    for p, r in from_env.items():
+        assert p in KEDA_AUTH_PARAMETERS, p
+        # KEDA reads the variable from the scale target's container: it must be set there.
+        [container] = [c for c in consumer["containers"] if c["name"] == r["containerName"]]
+        assert r["name"] in {e["name"] for e in container.get("env", [])}, r
+    # The password and CA are the very Secret keys the consumers mount.
+    mounted = {(v["secret"]["secretName"], i["key"]) for v in consumer["volumes"] if "secret" in v
+               for i in v["secret"]["items"]}
+    assert (params["password"]["name"], params["password"]["key"]) in mounted
     if meta["tls"] == "enable":
         assert "ca" in params
+        assert (params["ca"]["name"], params["ca"]["key"]) in mounted
