@@ -1,9 +1,21 @@
-"""A typical hand-written Telegram → Kafka → PostgreSQL consumer, the baseline of issue #9.
+"""A typical hand-written Telegram → Kafka → PostgreSQL consumer, the benchmarks' baseline.
 
 The shape users write: confluent-kafka + psycopg 3, batches of 1000 records, one transaction per
 batch with pipelined ``executemany`` upserts (ON CONFLICT) into raw_updates, messages, users and
 chats, and the partition offsets stored in the same transaction (so it is exactly-once too, as
 far as it goes). It starts each assigned partition at its stored offset.
+
+It scales the ordinary way: run N processes with the same KAFKA_GROUP_ID and the group spreads
+the partitions over them. What keeps N processes from losing or duplicating records:
+- the loop is synchronous: a batch's transaction commits before the next ``consume()``, and a
+  rebalance (eager, the default assignors) runs its callbacks inside ``consume()``, so a partition
+  changes hands only between batches, after its stored offset is committed;
+- the new owner starts at the stored offset (``on_assign``);
+- records a ``consume()`` returns for a partition revoked during that call are dropped;
+- the stored offset only moves forward, so a late writer cannot move it back;
+- rows are upserted in key order, so processes sharing users and chats take their row locks in
+  the same order and do not deadlock (a deadlock would be retried with the whole batch).
+The schema is created under an advisory lock, so processes starting together do not race.
 
 Configuration (environment): KAFKA_BROKERS, KAFKA_TOPIC, KAFKA_GROUP_ID, DATABASE_URL.
 Runs until SIGTERM/SIGINT. The benchmark watches progress through ``kafka_offsets``.
@@ -12,6 +24,7 @@ Runs until SIGTERM/SIGINT. The benchmark watches progress through ``kafka_offset
 import json
 import os
 import signal
+import sys
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer
@@ -68,14 +81,52 @@ def stop(*_):
     running = False
 
 
+def write_batch(conn, group, topic, raw, chats, users, messages, offsets):
+    """One transaction: the batch's rows and its partitions' next offsets."""
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO raw_updates (update_id, update_type, payload, kafka_partition, kafka_offset) "
+                "VALUES (%s, %s, %s::jsonb, %s, %s) ON CONFLICT (update_id) DO NOTHING",
+                raw,
+            )
+            cur.executemany(
+                "INSERT INTO chats (chat_id, type, title, username) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (chat_id) DO UPDATE SET type = EXCLUDED.type, title = EXCLUDED.title, "
+                "username = EXCLUDED.username",
+                chats,
+            )
+            cur.executemany(
+                "INSERT INTO users (user_id, is_bot, first_name, last_name, username, language_code) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id) DO UPDATE SET "
+                "first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, "
+                "username = EXCLUDED.username, language_code = EXCLUDED.language_code",
+                users,
+            )
+            cur.executemany(
+                "INSERT INTO messages (chat_id, message_id, from_user_id, date, edit_date, text) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (chat_id, message_id) DO UPDATE SET "
+                "edit_date = EXCLUDED.edit_date, text = EXCLUDED.text",
+                messages,
+            )
+            cur.executemany(
+                "INSERT INTO kafka_offsets (group_id, topic, partition, next_offset) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset "
+                "WHERE kafka_offsets.next_offset < EXCLUDED.next_offset",
+                [(group, topic, p, o) for p, o in offsets],
+            )
+
+
 def main():
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     group = os.environ["KAFKA_GROUP_ID"]
     topic = os.environ["KAFKA_TOPIC"]
     conn = psycopg.connect(os.environ["DATABASE_URL"])
-    conn.execute(SCHEMA)
-    conn.commit()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(4242)")
+        conn.execute(SCHEMA)
+    assigned = set()
 
     def on_assign(consumer, partitions):
         stored = dict(
@@ -88,6 +139,12 @@ def main():
         for p in partitions:
             p.offset = stored.get(p.partition, OFFSET_BEGINNING)
         consumer.assign(partitions)
+        assigned.update(p.partition for p in partitions)
+        print(f"assigned partitions {sorted(assigned)}", file=sys.stderr, flush=True)
+
+    def on_revoke(consumer, partitions):
+        assigned.difference_update(p.partition for p in partitions)
+        consumer.unassign()
 
     consumer = Consumer(
         {
@@ -98,7 +155,7 @@ def main():
             "session.timeout.ms": 10000,
         }
     )
-    consumer.subscribe([topic], on_assign=on_assign)
+    consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
 
     while running:
         records = consumer.consume(num_messages=BATCH, timeout=0.5)
@@ -106,7 +163,7 @@ def main():
             continue
         raw, chats, users, messages, offsets = [], [], [], [], {}
         for record in records:
-            if record.error():
+            if record.error() or record.partition() not in assigned:
                 continue
             value = record.value()
             update = json.loads(value)
@@ -142,37 +199,20 @@ def main():
                         body.get("text") or body.get("caption"),
                     )
                 )
-        with conn.transaction():
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO raw_updates (update_id, update_type, payload, kafka_partition, kafka_offset) "
-                    "VALUES (%s, %s, %s::jsonb, %s, %s) ON CONFLICT (update_id) DO NOTHING",
-                    raw,
-                )
-                cur.executemany(
-                    "INSERT INTO chats (chat_id, type, title, username) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (chat_id) DO UPDATE SET type = EXCLUDED.type, title = EXCLUDED.title, "
-                    "username = EXCLUDED.username",
-                    chats,
-                )
-                cur.executemany(
-                    "INSERT INTO users (user_id, is_bot, first_name, last_name, username, language_code) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id) DO UPDATE SET "
-                    "first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, "
-                    "username = EXCLUDED.username, language_code = EXCLUDED.language_code",
-                    users,
-                )
-                cur.executemany(
-                    "INSERT INTO messages (chat_id, message_id, from_user_id, date, edit_date, text) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (chat_id, message_id) DO UPDATE SET "
-                    "edit_date = EXCLUDED.edit_date, text = EXCLUDED.text",
-                    messages,
-                )
-                cur.executemany(
-                    "INSERT INTO kafka_offsets (group_id, topic, partition, next_offset) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-                    [(group, topic, p, o) for p, o in offsets.items()],
-                )
+        # Rows in key order: processes upserting the same users and chats then lock them in the
+        # same order and cannot deadlock (a batch's repeats keep their order: the last one wins).
+        raw.sort(key=lambda r: r[0])
+        chats.sort(key=lambda r: r[0])
+        users.sort(key=lambda r: r[0])
+        messages.sort(key=lambda r: (r[0], r[1]))
+        for attempt in range(1, 6):
+            try:
+                write_batch(conn, group, topic, raw, chats, users, messages, sorted(offsets.items()))
+                break
+            except psycopg.errors.DeadlockDetected:
+                print(f"deadlock, retrying the batch (attempt {attempt})", file=sys.stderr, flush=True)
+        else:
+            raise RuntimeError("the batch deadlocked five times")
     consumer.close()
     conn.close()
 

@@ -69,14 +69,22 @@ impl SystemUnderTest {
         Ok(())
     }
 
+    /// Sends SIGTERM without waiting, so several children can shut down side by side before
+    /// [`SystemUnderTest::stop`] waits for each.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child
+            && let Ok(pid) = i32::try_from(child.id())
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; waits for the exit.
     pub fn stop(&mut self, grace: Duration) {
+        self.terminate();
         let Some(mut child) = self.child.take() else {
             return;
         };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {

@@ -110,16 +110,37 @@ pub struct LatencyResult {
     pub sink_p50_ms: f64,
 }
 
+/// The pipeline one latency measurement runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Pipeline<'a> {
+    /// `KAFKA_CLIENT_OPTIONS` of the consumers.
+    pub client_options: Option<&'a str>,
+    /// Partitions of the topic.
+    pub partitions: i32,
+    /// `tgingest consumer` processes in the group.
+    pub processes: usize,
+}
+
+impl Default for Pipeline<'_> {
+    fn default() -> Self {
+        Self {
+            client_options: None,
+            partitions: 12,
+            processes: 1,
+        }
+    }
+}
+
 /// Measures every rate in `rates` for `seconds` each, on one pipeline.
 pub async fn measure(
     rates: &[u32],
     seconds: f64,
-    client_options: Option<&str>,
+    pipeline: Pipeline<'_>,
     log: &Path,
 ) -> anyhow::Result<Vec<LatencyResult>> {
     let broker = embedded_broker::MockClusterHost::start(1)?;
     let topic = "bench.latency";
-    broker.create_topic(topic, 12)?;
+    broker.create_topic(topic, pipeline.partitions)?;
     let db = pg::create().await?;
     let api = BotApi::start(BotApiConfig::default()).await?;
     let token = format!("{BOT}:bench-latency-token");
@@ -149,7 +170,8 @@ pub async fn measure(
         shutdown.clone(),
         Arc::new(producer::NoReadiness),
     ));
-    let extra: Vec<(&str, String)> = client_options
+    let extra: Vec<(&str, String)> = pipeline
+        .client_options
         .map(|o| vec![("KAFKA_CLIENT_OPTIONS", o.to_owned())])
         .unwrap_or_default();
     let env = consumer_env(
@@ -159,13 +181,16 @@ pub async fn measure(
         db.url(),
         &extra,
     );
-    let mut consumer = SystemUnderTest::spawn(
-        "tgingest consumer",
-        &tgingest_binary()?,
-        &["consumer"],
-        &env,
-        log,
-    )?;
+    let mut consumers = Vec::with_capacity(pipeline.processes);
+    for _ in 0..pipeline.processes.max(1) {
+        consumers.push(SystemUnderTest::spawn(
+            "tgingest consumer",
+            &tgingest_binary()?,
+            &["consumer"],
+            &env,
+            log,
+        )?);
+    }
 
     let wconfig = WorkloadConfig {
         seed: 77,
@@ -188,7 +213,17 @@ pub async fn measure(
             );
             pushed.push((Instant::now(), wall_ms()));
         }
-        wait_until_seen(&low, first_id + 200, Duration::from_secs(60), &mut consumer).await?;
+        wait_until_seen(
+            &low,
+            first_id + 200,
+            Duration::from_secs(60),
+            &mut consumers,
+        )
+        .await?;
+        if consumers.len() > 1 {
+            // The members join one by one: let the group settle before anything is timed.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
         let mut phases = Vec::new();
         for &rate in rates {
             let start_id = first_id + pushed.len() as i64;
@@ -210,7 +245,7 @@ pub async fn measure(
             let achieved = count as f64 / started.elapsed().as_secs_f64();
             let end_id = start_id + count as i64;
             let drained =
-                wait_until_seen(&low, end_id, Duration::from_secs(60), &mut consumer).await;
+                wait_until_seen(&low, end_id, Duration::from_secs(60), &mut consumers).await;
             phases.push((rate, start_id, end_id, achieved, drained.is_ok()));
             eprintln!("latency {rate}/s: pushed {count} at {achieved:.0}/s");
         }
@@ -219,7 +254,13 @@ pub async fn measure(
     .await;
     stop_watch.cancel();
     let seen = watcher.await.context("watcher task")??;
-    consumer.stop(Duration::from_secs(10));
+    // Together: a member that leaves starts a rebalance the others would otherwise sit in.
+    for consumer in &consumers {
+        consumer.terminate();
+    }
+    for consumer in &mut consumers {
+        consumer.stop(Duration::from_secs(10));
+    }
     shutdown.cancel();
     let _ = producer.await;
     api.shutdown().await;
@@ -276,11 +317,13 @@ async fn wait_until_seen(
     low: &AtomicI64,
     end_id: i64,
     timeout: Duration,
-    consumer: &mut SystemUnderTest,
+    consumers: &mut [SystemUnderTest],
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     while low.load(Ordering::Relaxed) < end_id {
-        consumer.check_alive()?;
+        for consumer in consumers.iter_mut() {
+            consumer.check_alive()?;
+        }
         if started.elapsed() > timeout {
             bail!(
                 "rows up to id {end_id} not visible after {timeout:?} (seen up to {})",
@@ -331,7 +374,10 @@ pub async fn run(rates: &[u32], seconds: f64, repeat: usize, log_dir: &Path) -> 
             for r in measure(
                 rates,
                 seconds,
-                options,
+                Pipeline {
+                    client_options: options,
+                    ..Pipeline::default()
+                },
                 &log_dir.join("latency-tgingest.log"),
             )
             .await?

@@ -120,7 +120,7 @@ async fn stalled_consumer(
         let hwm_kib = procstat::status_kib(&pid, "VmHWM")?;
         tx.rollback().await?;
         let drain = measure_drain(
-            &mut sut,
+            std::slice::from_mut(&mut sut),
             &db,
             &tgingest_progress_sql(&group, topic),
             total,

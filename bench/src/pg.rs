@@ -1,10 +1,18 @@
 //! PostgreSQL for measurements: testkit's fresh databases ([`testkit::TestDb`]) on the benchmark
-//! server, and the CPU time of their server backends.
+//! server, and the CPU time of the whole server.
 //!
 //! Every measurement gets its own database on the server at `BENCH_PG_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), dropped `WITH (FORCE)` afterwards. The
-//! benchmark's own connections carry `application_name = tgingest-bench`, so the CPU of the
-//! system under test's backends can be told apart.
+//! benchmark's own connections carry `application_name = tgingest-bench`.
+//!
+//! Server CPU ([`ServerCpu`]) is the postmaster's own time, plus the time of every child it has
+//! already reaped (its `cutime`/`cstime` in `/proc`: the kernel adds an exited child's whole CPU
+//! there when the postmaster waits for it), plus the time of every live child. A difference of two
+//! readings is therefore the server's whole CPU in between: backends that started and ended inside
+//! the window are counted, and so are the WAL writer, checkpointer, background writer and
+//! autovacuum, which do work the load caused. It is not attributed to one database: on a shared
+//! server other sessions' work is included, so measurements report the load average beside it.
+//! The server must run on this machine (its processes visible in this `/proc`).
 
 use anyhow::Context;
 use sqlx::AssertSqlSafe;
@@ -38,20 +46,39 @@ pub async fn create_empty() -> anyhow::Result<TestDb> {
     server().create_empty_db().await
 }
 
-/// CPU seconds used so far by every server backend in `db` that is not the benchmark's own
-/// (backends that already ended are not counted).
-pub async fn backend_cpu_seconds(db: &TestDb) -> anyhow::Result<f64> {
-    let pids: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name <> $2",
-    )
-    .bind(db.name())
-    .bind(BENCH_APPLICATION)
-    .fetch_all(db.pool())
-    .await?;
-    Ok(pids
-        .iter()
-        .filter_map(|pid| procstat::cpu_seconds(&pid.to_string()).ok())
-        .sum())
+/// The CPU clock of the whole PostgreSQL server (module header): read it before and after.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerCpu {
+    postmaster: u32,
+}
+
+impl ServerCpu {
+    /// The server `db` lives on: its postmaster is the parent of one of `db`'s backends.
+    pub async fn of(db: &TestDb) -> anyhow::Result<Self> {
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(db.pool())
+            .await?;
+        let postmaster = procstat::read_stat(&backend.to_string())
+            .context("the PostgreSQL server must run on this machine to measure its CPU")?
+            .ppid;
+        Ok(Self { postmaster })
+    }
+
+    /// CPU seconds used so far by the server: the postmaster, its reaped children and its live
+    /// children. A child reaped during the scan of `/proc` would be counted twice or not at all,
+    /// so the scan is repeated until the postmaster's reaped-children time did not move.
+    pub fn seconds(&self) -> anyhow::Result<f64> {
+        let postmaster = self.postmaster.to_string();
+        for _ in 0..100 {
+            let before = procstat::read_stat(&postmaster)?;
+            let live = procstat::children_cpu_seconds(self.postmaster)?;
+            let after = procstat::read_stat(&postmaster)?;
+            if before.reaped_children_cpu == after.reaped_children_cpu {
+                return Ok(after.cpu + after.reaped_children_cpu + live);
+            }
+        }
+        anyhow::bail!("PostgreSQL children kept exiting during 100 scans of /proc")
+    }
 }
 
 /// Row counts of `tables` in `db`.
@@ -73,4 +100,54 @@ pub fn unix_socket_dir() -> Option<String> {
     std::env::var("BENCH_PG_SOCKET_DIR")
         .ok()
         .filter(|d| !d.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use sqlx::Connection;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_backend_that_ended_inside_the_window_is_counted_in_the_server_cpu() {
+        let db = create().await.expect("database");
+        let server = ServerCpu::of(&db).await.expect("server");
+        let before = server.seconds().expect("before");
+        let mut conn = db.connect().await.expect("connect");
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .expect("backend pid");
+        let backend = backend.to_string();
+        // The generous deadline only guards a hang: the backend is given work until it has used
+        // a measurable amount of CPU.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut used = 0.0;
+        while used < 0.3 && Instant::now() < deadline {
+            sqlx::query("SELECT count(*) FROM generate_series(1, 2000000)")
+                .execute(&mut conn)
+                .await
+                .expect("work");
+            used = procstat::cpu_seconds(&backend).expect("backend stat");
+        }
+        conn.close().await.expect("close");
+        // Its /proc entry stays until the postmaster has reaped it.
+        while std::path::Path::new(&format!("/proc/{backend}")).exists()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let after = server.seconds().expect("after");
+        db.drop_database().await.expect("drop");
+        assert!(used >= 0.3, "the backend used only {used} s");
+        // Both sides are sums of whole clock ticks; the difference of two large sums of f64
+        // may fall short of the smaller one by a rounding error, never by a tick.
+        assert!(
+            after - before >= used - 1e-6,
+            "server CPU grew by {} s, the ended backend alone used {used} s",
+            after - before
+        );
+    }
 }

@@ -21,6 +21,11 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// No rows yet.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
     /// Prints the table as GitHub markdown.
     pub fn print(&self) {
         println!("| {} |", self.header.join(" | "));

@@ -1,28 +1,42 @@
 //! Sink throughput: the `tgingest consumer` process draining a preloaded topic into a fresh
-//! schema, against (a) an ideal bulk load of the same final rows with COPY, (b) the broker's own
-//! drain rate, (c) a typical hand-written Python consumer; and the scaling of the sink with 1, 2
-//! and 4 partition workers.
+//! schema, against (a) the honest ceiling: an ideal bulk load of the same final rows with COPY
+//! over 1, 2, 4 and 8 connections in parallel, (b) the broker's own drain rate, (c) a typical
+//! hand-written Python consumer run as a consumer group of 1, 2 and 4 processes.
 //!
 //! How each figure is taken (all in one run, on one preloaded topic):
 //! - **tgingest**: the binary runs as a child process; the benchmark polls
 //!   `sum(consumer_offsets.next_offset)` every 20 ms. The window runs from the first committed
-//!   batch to the last, so process start and group join are excluded (reported apart). CPU is
-//!   the child's utime+stime over the window (`/proc/PID/stat`), plus the CPU of its PostgreSQL
-//!   backends.
-//! - **ideal COPY**: the final rows of every table tgingest wrote are exported with `COPY … TO
-//!   STDOUT` and loaded into a fresh database with the same schema and indexes by `COPY … FROM
-//!   STDIN`, one transaction per batch of the same size (records / batch_max_records
-//!   transactions, each carrying its share of every table), on one connection.
-//! - **Python**: `bench/python/baseline.py` as a child process, polled the same way through its
-//!   own offsets table.
+//!   batch to the last, so process start and group join are excluded (reported apart).
+//! - **ideal load**: the final rows of every table tgingest wrote are exported once (from the
+//!   first run) with `COPY … TO STDOUT`, each tagged with the Kafka partition and offset of the
+//!   update it came from (projection rows through `src_update_id`), and cut into the batches a
+//!   partition worker makes: per partition, consecutive runs of `batch` offsets, one transaction
+//!   each carrying that batch's share of every table. They are loaded with `COPY … FROM STDIN`
+//!   into a fresh database with the same schema and indexes over N connections in parallel,
+//!   partition p on connection p mod N (as partitions are spread over workers), each connection
+//!   taking its batches in offset order round-robin over its partitions. The ceiling is the
+//!   best N.
+//! - **Python**: `bench/python/baseline.py` as N child processes in one consumer group (each
+//!   gets its share of the partitions), polled the same way through their own offsets table;
+//!   its figure is the best N. Row counts are taken after every run and must not depend on N.
+//! - **Order**: odd runs measure tgingest, then the ideal loads (1 → 8 connections), then Python
+//!   (1 → 4 processes); even runs the reverse, so a drift in the machine's load does not always
+//!   favour the same system.
+//! - **CPU**: client CPU is utime + stime of the system's own processes over the window
+//!   (`/proc/PID/stat`; the benchmark process itself for the ideal load); PostgreSQL CPU is the
+//!   whole server's over the window, ended backends and background processes included
+//!   ([`pg::ServerCpu`]). Both are reported per million updates (Kafka records) and per million
+//!   rows, so systems that write different rows per update can be compared.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use consumer::projection::ProjectionTable;
 use futures::StreamExt;
-use sqlx::{AssertSqlSafe, Connection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use testkit::TestDb;
 
 use crate::child::{SystemUnderTest, consumer_env, tgingest_binary};
@@ -39,6 +53,9 @@ pub fn data_tables() -> Vec<&'static str> {
         .collect()
 }
 
+/// The tables the Python baseline writes.
+const PYTHON_TABLES: &[&str] = &["raw_updates", "chats", "users", "messages"];
+
 /// Settings of one `sink` run.
 #[derive(Debug, Clone)]
 pub struct SinkSettings {
@@ -52,6 +69,10 @@ pub struct SinkSettings {
     pub seed: u64,
     /// Also drain with tgingest over TCP when the main runs use the Unix socket.
     pub tcp_comparison: bool,
+    /// Connection counts of the ideal load.
+    pub ideal_connections: Vec<usize>,
+    /// Process counts of the Python consumer group.
+    pub python_processes: Vec<usize>,
 }
 
 /// One drain of a topic by a system under test.
@@ -63,9 +84,9 @@ pub struct Drain {
     pub seconds: f64,
     /// From process start to the first committed batch.
     pub startup_seconds: f64,
-    /// Child CPU seconds inside the window.
+    /// CPU seconds of the system's processes inside the window.
     pub cpu: f64,
-    /// PostgreSQL backend CPU seconds inside the window.
+    /// PostgreSQL server CPU seconds inside the window.
     pub pg_cpu: f64,
 }
 
@@ -79,21 +100,72 @@ impl Drain {
     pub fn pg_cpu_per_million(&self) -> f64 {
         self.pg_cpu / self.records.max(1) as f64 * 1e6
     }
+
+    /// The drain's figures, given the `rows` the whole topic of `total` records left behind:
+    /// the window holds the same share of them as of the records.
+    fn figures(&self, total: i64, rows: i64) -> Figures {
+        let updates = self.records as f64;
+        Figures {
+            updates,
+            rows: rows as f64 * updates / total.max(1) as f64,
+            seconds: self.seconds,
+            client_cpu: self.cpu,
+            pg_cpu: self.pg_cpu,
+        }
+    }
+}
+
+/// Throughput and CPU of one measured window, in the units every system is compared in.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    /// Updates (Kafka records) written inside the window.
+    updates: f64,
+    /// Rows written inside the window.
+    rows: f64,
+    seconds: f64,
+    /// The system's own processes.
+    client_cpu: f64,
+    /// The PostgreSQL server.
+    pg_cpu: f64,
+}
+
+impl Figures {
+    fn updates_per_second(&self) -> f64 {
+        self.updates / self.seconds.max(1e-9)
+    }
+    fn rows_per_second(&self) -> f64 {
+        self.rows / self.seconds.max(1e-9)
+    }
+    fn cpu(&self) -> f64 {
+        self.client_cpu + self.pg_cpu
+    }
+    fn per_million_updates(&self, cpu: f64) -> f64 {
+        cpu / self.updates.max(1.0) * 1e6
+    }
+    fn per_million_rows(&self, cpu: f64) -> f64 {
+        cpu / self.rows.max(1.0) * 1e6
+    }
 }
 
 /// Waits until `progress_sql` (a single bigint) reaches `total`, timing from its first move.
+/// `suts` are the processes of one system (their CPU is added up).
 pub async fn measure_drain(
-    sut: &mut SystemUnderTest,
+    suts: &mut [SystemUnderTest],
     db: &TestDb,
     progress_sql: &str,
     total: i64,
     timeout: Duration,
 ) -> anyhow::Result<Drain> {
     let spawned = Instant::now();
-    let pid = sut.pid();
+    let server = pg::ServerCpu::of(db).await?;
+    let pids: Vec<String> = suts.iter().map(SystemUnderTest::pid).collect();
+    let client_cpu =
+        || -> anyhow::Result<f64> { pids.iter().map(|pid| procstat::cpu_seconds(pid)).sum() };
     let mut first: Option<(Instant, i64, f64, f64)> = None;
     loop {
-        sut.check_alive()?;
+        for sut in suts.iter_mut() {
+            sut.check_alive()?;
+        }
         // Before the system under test creates its tables the query fails: that is "0".
         let progress: i64 = sqlx::query_scalar(AssertSqlSafe(progress_sql.to_owned()))
             .fetch_one(db.pool())
@@ -101,16 +173,11 @@ pub async fn measure_drain(
             .unwrap_or(0);
         let now = Instant::now();
         if progress > 0 && first.is_none() {
-            first = Some((
-                now,
-                progress,
-                procstat::cpu_seconds(&pid)?,
-                pg::backend_cpu_seconds(db).await?,
-            ));
+            first = Some((now, progress, client_cpu()?, server.seconds()?));
         }
         if progress >= total {
-            let cpu = procstat::cpu_seconds(&pid)?;
-            let pg_cpu = pg::backend_cpu_seconds(db).await?;
+            let cpu = client_cpu()?;
+            let pg_cpu = server.seconds()?;
             let (t0, p0, cpu0, pg0) = first.unwrap_or((now, 0, cpu, pg_cpu));
             return Ok(Drain {
                 records: total - p0,
@@ -154,7 +221,7 @@ pub async fn drain_with_tgingest(
         log,
     )?;
     let drain = measure_drain(
-        &mut sut,
+        std::slice::from_mut(&mut sut),
         db,
         &tgingest_progress_sql(group, topic),
         total,
@@ -165,93 +232,219 @@ pub async fn drain_with_tgingest(
     drain
 }
 
-/// The result of the ideal bulk load.
-#[derive(Debug, Clone, Copy)]
-pub struct IdealLoad {
-    pub rows: usize,
-    pub transactions: usize,
-    pub seconds: f64,
-    /// This process's CPU (the COPY client) during the load.
-    pub client_cpu: f64,
-    /// The loading backend's CPU during the load.
-    pub pg_cpu: f64,
+/// One batch transaction of the ideal load.
+#[derive(Debug)]
+struct IdealBatch {
+    partition: i32,
+    /// Index of the batch within its partition.
+    index: i64,
+    /// COPY text rows per table, in [`IdealRows::tables`] order (empty: nothing for that table).
+    tables: Vec<Vec<u8>>,
 }
 
-/// Exports every row of [`data_tables`] from `source` and loads them into a fresh database
-/// with COPY, in `transactions` transactions; the fresh database is dropped afterwards.
-pub async fn ideal_copy(source: &TestDb, transactions: usize) -> anyhow::Result<IdealLoad> {
+/// The final rows of a tgingest run, cut into partition workers' batches.
+#[derive(Debug)]
+pub struct IdealRows {
+    tables: Vec<&'static str>,
+    /// Ordered by (index, partition): offset order, round-robin over partitions.
+    batches: Vec<IdealBatch>,
+    rows: usize,
+}
+
+impl IdealRows {
+    /// Batch transactions (= tgingest's batches on a drain of full batches).
+    pub fn transactions(&self) -> usize {
+        self.batches.len()
+    }
+}
+
+/// Exports every row of [`data_tables`] from `source`, each assigned to the batch of the record
+/// it came from: (Kafka partition, offset / `batch`). Projection rows are traced through
+/// `src_update_id` to their update's raw row.
+pub async fn export_ideal_rows(source: &TestDb, batch: usize) -> anyhow::Result<IdealRows> {
     let mut export = source.connect().await?;
-    let mut tables: Vec<(&str, Vec<u8>, Vec<usize>)> = Vec::new();
-    for table in data_tables() {
+    let tables = data_tables();
+    let mut batches: BTreeMap<(i64, i32), Vec<Vec<u8>>> = BTreeMap::new();
+    let mut rows = 0;
+    for (t, table) in tables.iter().enumerate() {
+        let query = if *table == "raw_updates" {
+            format!("SELECT r.kafka_partition, r.kafka_offset / {batch}, r.* FROM raw_updates r")
+        } else {
+            // An update id seen with several payloads (or in several records) counts at its
+            // first position.
+            format!(
+                "SELECT coalesce(r.kafka_partition, -1), coalesce(r.kafka_offset, 0) / {batch}, t.* \
+                 FROM {table} t LEFT JOIN ( \
+                   SELECT DISTINCT ON (bot_id, update_id) bot_id, update_id, kafka_partition, \
+                          kafka_offset \
+                     FROM raw_updates ORDER BY bot_id, update_id, kafka_partition, kafka_offset \
+                 ) r ON r.bot_id = t.bot_id AND r.update_id = t.src_update_id"
+            )
+        };
         let mut data = Vec::new();
         {
             let mut stream = export
-                .copy_out_raw(&format!("COPY {table} TO STDOUT"))
+                .copy_out_raw(&format!("COPY ({query}) TO STDOUT"))
                 .await
                 .with_context(|| format!("exporting {table}"))?;
             while let Some(chunk) = stream.next().await {
                 data.extend_from_slice(&chunk?);
             }
         }
-        // Text COPY escapes newlines inside values, so every row ends at a raw '\n'.
-        let mut ends: Vec<usize> = data
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'\n')
-            .map(|(i, _)| i + 1)
-            .collect();
-        ends.insert(0, 0);
-        tables.push((table, data, ends));
+        // Text COPY escapes newlines inside values, so every row ends at a raw '\n'; the first
+        // two columns are the partition and the batch index, the rest is the table's row.
+        for line in data.split_inclusive(|b| *b == b'\n') {
+            let mut fields = line.splitn(3, |b| *b == b'\t');
+            let (Some(partition), Some(index), Some(row)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                bail!("unexpected COPY line from {table}");
+            };
+            let partition: i32 = std::str::from_utf8(partition)?.parse()?;
+            let index: i64 = std::str::from_utf8(index)?.parse()?;
+            anyhow::ensure!(
+                partition >= 0,
+                "a row of {table} comes from an update with no raw row"
+            );
+            let slot = batches
+                .entry((index, partition))
+                .or_insert_with(|| vec![Vec::new(); tables.len()]);
+            slot[t].extend_from_slice(row);
+            rows += 1;
+        }
     }
     export.close().await?;
+    Ok(IdealRows {
+        tables,
+        batches: batches
+            .into_iter()
+            .map(|((index, partition), tables)| IdealBatch {
+                partition,
+                index,
+                tables,
+            })
+            .collect(),
+        rows,
+    })
+}
 
+/// The result of one ideal load.
+#[derive(Debug, Clone, Copy)]
+pub struct IdealLoad {
+    pub connections: usize,
+    pub rows: usize,
+    pub transactions: usize,
+    pub seconds: f64,
+    /// This process's CPU (the COPY clients) during the load.
+    pub client_cpu: f64,
+    /// The PostgreSQL server's CPU during the load.
+    pub pg_cpu: f64,
+}
+
+impl IdealLoad {
+    fn figures(&self, updates: i64) -> Figures {
+        Figures {
+            updates: updates as f64,
+            rows: self.rows as f64,
+            seconds: self.seconds,
+            client_cpu: self.client_cpu,
+            pg_cpu: self.pg_cpu,
+        }
+    }
+}
+
+/// Loads `rows` into a fresh database over `connections` connections in parallel (partition p
+/// on connection p mod `connections`); the database is dropped afterwards.
+pub async fn ideal_load(rows: &Arc<IdealRows>, connections: usize) -> anyhow::Result<IdealLoad> {
+    anyhow::ensure!(connections > 0, "the ideal load needs a connection");
     let target = pg::create().await?;
     let result = async {
-        let mut conn = target.connect().await?;
-        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut conn)
-            .await?;
-        let backend = backend.to_string();
+        let server = pg::ServerCpu::of(&target).await?;
+        let mut conns = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            conns.push(target.connect().await?);
+        }
         let cpu0 = procstat::cpu_seconds("self")?;
-        let pg0 = procstat::cpu_seconds(&backend)?;
+        let pg0 = server.seconds()?;
         let started = Instant::now();
-        let mut rows = 0;
-        for t in 0..transactions {
-            let mut tx = conn.begin().await?;
-            for (table, data, ends) in &tables {
-                let n = ends.len() - 1;
-                let (from, to) = (n * t / transactions, n * (t + 1) / transactions);
-                if from == to {
-                    continue;
-                }
-                let mut copy = tx
-                    .copy_in_raw(&format!("COPY {table} FROM STDIN"))
-                    .await
-                    .with_context(|| format!("COPY into {table}"))?;
-                let t0 = Instant::now();
-                copy.send(&data[ends[from]..ends[to]]).await?;
-                let t1 = Instant::now();
-                rows += copy.finish().await? as usize;
-                if std::env::var_os("BENCH_DEBUG").is_some() {
-                    eprintln!("{table}: send {:?} finish {:?}", t1 - t0, t1.elapsed());
-                }
-            }
-            tx.commit().await?;
+        let shares: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(share, conn)| {
+                tokio::spawn(load_share(conn, Arc::clone(rows), share, connections))
+            })
+            .collect();
+        let mut written = 0;
+        let mut transactions = 0;
+        let mut loaded = Vec::with_capacity(connections);
+        for share in shares {
+            let (w, t, conn) = share.await.context("an ideal load connection panicked")??;
+            written += w;
+            transactions += t;
+            loaded.push(conn);
         }
         let seconds = started.elapsed().as_secs_f64();
         let load = IdealLoad {
-            rows,
+            connections,
+            rows: written,
             transactions,
             seconds,
             client_cpu: procstat::cpu_seconds("self")? - cpu0,
-            pg_cpu: procstat::cpu_seconds(&backend)? - pg0,
+            pg_cpu: server.seconds()? - pg0,
         };
-        conn.close().await?;
+        for conn in loaded {
+            conn.close().await?;
+        }
         anyhow::Ok(load)
     }
     .await;
     target.drop_database().await?;
     result
+}
+
+/// One connection's share of the ideal load: the batches of partitions p with p mod `of` =
+/// `share`, one transaction each. Returns rows and transactions written.
+async fn load_share(
+    mut conn: PgConnection,
+    rows: Arc<IdealRows>,
+    share: usize,
+    of: usize,
+) -> anyhow::Result<(usize, usize, PgConnection)> {
+    let mut written = 0;
+    let mut transactions = 0;
+    let debug = std::env::var_os("BENCH_DEBUG").is_some();
+    for batch in rows
+        .batches
+        .iter()
+        .filter(|b| b.partition as usize % of == share)
+    {
+        let mut tx = conn.begin().await?;
+        for (table, data) in rows.tables.iter().zip(&batch.tables) {
+            if data.is_empty() {
+                continue;
+            }
+            let mut copy = tx
+                .copy_in_raw(&format!("COPY {table} FROM STDIN"))
+                .await
+                .with_context(|| format!("COPY into {table}"))?;
+            let t0 = Instant::now();
+            copy.send(data.as_slice()).await?;
+            let t1 = Instant::now();
+            written += copy.finish().await? as usize;
+            if debug {
+                eprintln!(
+                    "{table} (partition {} batch {}): send {:?} finish {:?}",
+                    batch.partition,
+                    batch.index,
+                    t1 - t0,
+                    t1.elapsed()
+                );
+            }
+        }
+        tx.commit().await?;
+        transactions += 1;
+    }
+    Ok((written, transactions, conn))
 }
 
 /// SQL for the Python baseline's progress.
@@ -262,9 +455,16 @@ fn python_progress_sql(group: &str, topic: &str) -> String {
     )
 }
 
-/// Runs the Python baseline on `topic` into the empty database `db`.
+/// The Python baseline as a consumer group of `processes` processes.
+#[derive(Debug, Clone, Copy)]
+pub struct PythonGroup<'a> {
+    pub interpreter: &'a Path,
+    pub processes: usize,
+}
+
+/// Runs the Python consumer `python` on `topic` into the empty database `db`.
 pub async fn drain_with_python(
-    python: &Path,
+    python: PythonGroup<'_>,
     bootstrap: &str,
     topic: &str,
     group: &str,
@@ -280,22 +480,31 @@ pub async fn drain_with_python(
         ("KAFKA_GROUP_ID".to_owned(), group.to_owned()),
         ("DATABASE_URL".to_owned(), db.url().to_owned()),
     ];
-    let mut sut = SystemUnderTest::spawn(
-        "python baseline",
-        &python.to_path_buf(),
-        &[script.as_str()],
-        &env,
-        log,
-    )?;
+    let mut suts = Vec::with_capacity(python.processes);
+    for _ in 0..python.processes {
+        suts.push(SystemUnderTest::spawn(
+            "python baseline",
+            &python.interpreter.to_path_buf(),
+            &[script.as_str()],
+            &env,
+            log,
+        )?);
+    }
     let drain = measure_drain(
-        &mut sut,
+        &mut suts,
         db,
         &python_progress_sql(group, topic),
         total,
         Duration::from_secs(900),
     )
     .await;
-    sut.stop(Duration::from_secs(10));
+    // Together: a member that leaves starts a rebalance the others would otherwise sit in.
+    for sut in &suts {
+        sut.terminate();
+    }
+    for sut in &mut suts {
+        sut.stop(Duration::from_secs(10));
+    }
     drain
 }
 
@@ -305,6 +514,8 @@ pub struct Preloaded {
     pub topic: String,
     pub partitions: i32,
     pub total: i64,
+    /// Records per partition.
+    pub counts: Vec<i64>,
     pub bytes: usize,
     pub profile: WorkloadProfile,
 }
@@ -334,13 +545,50 @@ pub async fn preload_topic(
         topic,
         partitions,
         total: records.len() as i64,
+        counts,
         bytes: records.iter().map(kafka::PlannedRecord::size).sum(),
         profile,
         broker,
     })
 }
 
-/// The `sink` benchmark: tgingest vs ideal COPY vs broker drain vs Python, `repeat` times.
+/// The systems a `sink` run compares, in the order of odd runs.
+#[derive(Debug, Clone, Copy)]
+enum System {
+    Tgingest,
+    Ideal,
+    Python,
+}
+
+/// One Python consumer group run.
+#[derive(Debug, Clone)]
+struct PythonRun {
+    processes: usize,
+    drain: Drain,
+    /// Rows per table after the run, in [`PYTHON_TABLES`] order.
+    counts: Vec<(String, i64)>,
+    /// Records in raw_updates, by distinct (partition, offset).
+    positions: i64,
+}
+
+impl PythonRun {
+    fn rows(&self) -> i64 {
+        self.counts.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// The best of several runs by updates per second.
+fn best<T>(runs: &[T], rate: impl Fn(&T) -> f64) -> Option<&T> {
+    runs.iter().max_by(|a, b| rate(a).total_cmp(&rate(b)))
+}
+
+/// A figure or "n/a".
+fn or_na<T>(value: Option<T>, show: impl Fn(T) -> String) -> String {
+    value.map_or_else(|| "n/a".to_owned(), show)
+}
+
+/// The `sink` benchmark: tgingest vs the parallel ideal load vs broker drain vs the Python
+/// consumer group, `repeat` times, alternating the order.
 pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
     let started = Instant::now();
     let pre = preload_topic(
@@ -360,202 +608,373 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("Workload: {}\n", pre.profile.summary());
-    let transactions = (pre.total as usize).div_ceil(settings.batch);
-    let mut table = Table::new(&[
+    let mut summary = Table::new(&[
         "run",
+        "order",
         "load (1/5/15 min)",
         "broker drain upd/s",
         "tgingest upd/s",
-        "tgingest rows/s",
         "tgingest over TCP upd/s",
-        "tgingest CPU-s/M upd",
-        "its PG CPU-s/M upd",
+        "tgingest startup s",
+        "ideal 1 conn upd/s",
+        "ideal ceiling upd/s",
+        "tgingest / ideal ceiling",
+        "tgingest / ideal 1 conn",
+        "Python best upd/s",
+        "tgingest / Python best",
+    ]);
+    let mut ideal_table = Table::new(&[
+        "run",
+        "connections",
+        "transactions",
+        "upd/s",
+        "rows/s",
+        "client CPU-s/M rows",
+        "PG CPU-s/M rows",
+        "CPU-s/M upd (client+PG)",
+        "vs 1 conn",
+    ]);
+    let mut python_table = Table::new(&[
+        "run",
+        "processes",
+        "upd/s",
+        "rows/s",
         "startup s",
-        "ideal COPY upd/s",
-        "ideal CPU-s/M (client+PG)",
-        "tgingest / ideal",
-        "Python upd/s",
-        "Python CPU-s/M upd",
-        "Python PG CPU-s/M",
-        "tgingest / Python (throughput)",
-        "Python / tgingest (CPU-s)",
+        "client CPU-s/M upd",
+        "PG CPU-s/M upd",
+        "raw_updates",
+        "chats",
+        "users",
+        "messages",
+        "distinct records in raw_updates",
+        "same rows as the first run",
+    ]);
+    let mut efficiency = Table::new(&[
+        "run",
+        "system",
+        "upd/s",
+        "rows/s",
+        "rows/upd",
+        "client CPU-s/M upd",
+        "PG CPU-s/M upd",
+        "CPU-s/M upd (client+PG)",
+        "CPU-s/M rows (client+PG)",
+        "CPU/row vs ideal ceiling",
     ]);
     let mut rows_table = Table::new(&["table", "rows"]);
+    let mut ideal_rows: Option<Arc<IdealRows>> = None;
+    let mut python_reference: Option<(Vec<(String, i64)>, i64)> = None;
+    let tgingest_env = [("CONSUMER_BATCH_MAX_RECORDS", settings.batch.to_string())];
     for rep in 1..=settings.repeat {
+        let forward = rep % 2 == 1;
         let load = procstat::load_average();
         let broker_seconds =
             kafka::broker_drain_seconds(&bootstrap, &pre.topic, pre.partitions, pre.total)?;
         let broker_rate = pre.total as f64 / broker_seconds;
 
-        let db = pg::create().await?;
-        let sink = drain_with_tgingest(
-            &bootstrap,
-            &pre.topic,
-            &format!("bench-sink-{rep}"),
-            &db,
-            pre.total,
-            &[("CONSUMER_BATCH_MAX_RECORDS", settings.batch.to_string())],
-            &settings.log_dir.join("sink-tgingest.log"),
-        )
-        .await?;
-        let counts = pg::row_counts(&db, &data_tables()).await?;
-        let rows: i64 = counts.iter().map(|(_, n)| n).sum();
-        if rep == 1 {
-            for (t, n) in &counts {
-                rows_table.row(vec![t.clone(), thousands(*n as f64)]);
+        let mut order = vec![System::Tgingest, System::Ideal, System::Python];
+        let mut connections = settings.ideal_connections.clone();
+        let mut processes = settings.python_processes.clone();
+        if !forward {
+            order.reverse();
+            connections.reverse();
+            processes.reverse();
+        }
+        let mut sink: Option<(Drain, i64)> = None;
+        let mut tcp: Option<Drain> = None;
+        let mut ideal: Vec<IdealLoad> = Vec::new();
+        let mut python: Vec<PythonRun> = Vec::new();
+        for system in &order {
+            match system {
+                System::Tgingest => {
+                    let db = pg::create().await?;
+                    let drain = drain_with_tgingest(
+                        &bootstrap,
+                        &pre.topic,
+                        &format!("bench-sink-{rep}"),
+                        &db,
+                        pre.total,
+                        &tgingest_env,
+                        &settings.log_dir.join("sink-tgingest.log"),
+                    )
+                    .await;
+                    let counted = match drain {
+                        Ok(drain) => {
+                            async {
+                                let counts = pg::row_counts(&db, &data_tables()).await?;
+                                if ideal_rows.is_none() {
+                                    ideal_rows = Some(Arc::new(
+                                        export_ideal_rows(&db, settings.batch).await?,
+                                    ));
+                                }
+                                anyhow::Ok((drain, counts))
+                            }
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    db.drop_database().await?;
+                    let (drain, counts) = counted?;
+                    let rows: i64 = counts.iter().map(|(_, n)| n).sum();
+                    if rows_table.is_empty() {
+                        for (t, n) in &counts {
+                            rows_table.row(vec![t.clone(), thousands(*n as f64)]);
+                        }
+                    }
+                    let expected = ideal_rows.as_ref().map_or(0, |r| r.rows);
+                    anyhow::ensure!(
+                        rows as usize == expected,
+                        "tgingest wrote {rows} rows in run {rep}, {expected} in the first run"
+                    );
+                    sink = Some((drain, rows));
+                    if settings.tcp_comparison && pg::unix_socket_dir().is_some() {
+                        let tcp_db = pg::tcp_server().create_db().await?;
+                        let drain = drain_with_tgingest(
+                            &bootstrap,
+                            &pre.topic,
+                            &format!("bench-sink-tcp-{rep}"),
+                            &tcp_db,
+                            pre.total,
+                            &tgingest_env,
+                            &settings.log_dir.join("sink-tgingest.log"),
+                        )
+                        .await;
+                        tcp_db.drop_database().await?;
+                        tcp = Some(drain?);
+                    }
+                }
+                System::Ideal => {
+                    let rows = ideal_rows
+                        .clone()
+                        .context("the ideal load needs tgingest's rows of the first run")?;
+                    for &n in &connections {
+                        let load = ideal_load(&rows, n).await?;
+                        anyhow::ensure!(
+                            load.rows == rows.rows && load.transactions == rows.transactions(),
+                            "the ideal load over {n} connections wrote {} rows in {} \
+                             transactions, expected {} in {}",
+                            load.rows,
+                            load.transactions,
+                            rows.rows,
+                            rows.transactions()
+                        );
+                        eprintln!(
+                            "sink run {rep}: ideal over {n} connections {:.0}/s",
+                            pre.total as f64 / load.seconds
+                        );
+                        ideal.push(load);
+                    }
+                    ideal.sort_by_key(|l| l.connections);
+                }
+                System::Python => {
+                    let Some(interpreter) = &settings.python else {
+                        continue;
+                    };
+                    for &n in &processes {
+                        let db = pg::create_empty().await?;
+                        let group = format!("bench-python-{rep}-{n}");
+                        let drain = drain_with_python(
+                            PythonGroup {
+                                interpreter,
+                                processes: n,
+                            },
+                            &bootstrap,
+                            &pre.topic,
+                            &group,
+                            &db,
+                            pre.total,
+                            &settings.log_dir.join("sink-python.log"),
+                        )
+                        .await;
+                        let counted = match drain {
+                            Ok(drain) => {
+                                async {
+                                    let counts = pg::row_counts(&db, PYTHON_TABLES).await?;
+                                    let positions: i64 = sqlx::query_scalar(
+                                        "SELECT count(DISTINCT (kafka_partition, kafka_offset)) \
+                                     FROM raw_updates",
+                                    )
+                                    .fetch_one(db.pool())
+                                    .await?;
+                                    anyhow::Ok(PythonRun {
+                                        processes: n,
+                                        drain,
+                                        counts,
+                                        positions,
+                                    })
+                                }
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        db.drop_database().await?;
+                        let run = counted?;
+                        eprintln!(
+                            "sink run {rep}: python with {n} processes {:.0}/s",
+                            run.drain.rate()
+                        );
+                        python.push(run);
+                    }
+                    python.sort_by_key(|p| p.processes);
+                }
             }
         }
-        let ideal = ideal_copy(&db, transactions).await?;
-        db.drop_database().await?;
-        let tcp = if settings.tcp_comparison && pg::unix_socket_dir().is_some() {
-            let tcp_db = pg::tcp_server().create_db().await?;
-            let drain = drain_with_tgingest(
-                &bootstrap,
-                &pre.topic,
-                &format!("bench-sink-tcp-{rep}"),
-                &tcp_db,
-                pre.total,
-                &[("CONSUMER_BATCH_MAX_RECORDS", settings.batch.to_string())],
-                &settings.log_dir.join("sink-tgingest.log"),
-            )
-            .await;
-            tcp_db.drop_database().await?;
-            Some(drain?)
-        } else {
-            None
-        };
-        anyhow::ensure!(
-            ideal.rows as i64 == rows && ideal.transactions == transactions,
-            "the ideal load wrote {} rows in {} transactions, tgingest {rows}",
-            ideal.rows,
-            ideal.transactions
-        );
-        let ideal_rate = pre.total as f64 / ideal.seconds;
-        let ideal_cpu = (ideal.client_cpu + ideal.pg_cpu) / pre.total as f64 * 1e6;
-
-        let na = || "n/a".to_owned();
-        let python = match &settings.python {
-            Some(python) => {
-                let db = pg::create_empty().await?;
-                let drain = drain_with_python(
-                    python,
-                    &bootstrap,
-                    &pre.topic,
-                    &format!("bench-python-{rep}"),
-                    &db,
-                    pre.total,
-                    &settings.log_dir.join("sink-python.log"),
-                )
-                .await;
-                db.drop_database().await?;
-                Some(drain?)
-            }
-            None => None,
-        };
-        table.row(vec![
+        let (sink, sink_rows) = sink.context("tgingest did not run")?;
+        let sink_figures = sink.figures(pre.total, sink_rows);
+        let ideal_figures = |l: &IdealLoad| l.figures(pre.total);
+        let ideal_one = ideal.iter().find(|l| l.connections == 1);
+        let ceiling = best(&ideal, |l| ideal_figures(l).updates_per_second());
+        let python_best = best(&python, |p| p.drain.rate());
+        let rate = |f: Figures| f.updates_per_second();
+        summary.row(vec![
             rep.to_string(),
+            if forward {
+                "tgingest, ideal, Python"
+            } else {
+                "Python, ideal, tgingest"
+            }
+            .to_owned(),
             load,
             thousands(broker_rate),
             thousands(sink.rate()),
-            thousands(rows as f64 / pre.total as f64 * sink.rate()),
-            tcp.map_or_else(na, |t| thousands(t.rate())),
-            format!("{:.1}", sink.cpu_per_million()),
-            format!("{:.1}", sink.pg_cpu_per_million()),
+            or_na(tcp, |t| thousands(t.rate())),
             format!("{:.1}", sink.startup_seconds),
-            thousands(ideal_rate),
-            format!("{ideal_cpu:.1}"),
-            format!("{:.2}×", sink.rate() / ideal_rate),
-            python.map_or_else(na, |p| thousands(p.rate())),
-            python.map_or_else(na, |p| format!("{:.1}", p.cpu_per_million())),
-            python.map_or_else(na, |p| format!("{:.1}", p.pg_cpu_per_million())),
-            python.map_or_else(na, |p| format!("{:.2}×", sink.rate() / p.rate())),
-            python.map_or_else(na, |p| {
-                format!("{:.2}×", p.cpu_per_million() / sink.cpu_per_million())
+            or_na(ideal_one, |l| thousands(rate(ideal_figures(l)))),
+            or_na(ceiling, |l| {
+                format!(
+                    "{} ({} conn)",
+                    thousands(rate(ideal_figures(l))),
+                    l.connections
+                )
+            }),
+            or_na(ceiling, |l| {
+                format!("{:.2}×", sink.rate() / rate(ideal_figures(l)))
+            }),
+            or_na(ideal_one, |l| {
+                format!("{:.2}×", sink.rate() / rate(ideal_figures(l)))
+            }),
+            or_na(python_best, |p| {
+                format!("{} ({} proc)", thousands(p.drain.rate()), p.processes)
+            }),
+            or_na(python_best, |p| {
+                format!("{:.2}×", sink.rate() / p.drain.rate())
             }),
         ]);
+        let base = ideal_one.map(|l| rate(ideal_figures(l)));
+        for l in &ideal {
+            let f = ideal_figures(l);
+            ideal_table.row(vec![
+                rep.to_string(),
+                l.connections.to_string(),
+                l.transactions.to_string(),
+                thousands(f.updates_per_second()),
+                thousands(f.rows_per_second()),
+                format!("{:.1}", f.per_million_rows(f.client_cpu)),
+                format!("{:.1}", f.per_million_rows(f.pg_cpu)),
+                format!("{:.1}", f.per_million_updates(f.cpu())),
+                or_na(base, |b| format!("{:.2}×", f.updates_per_second() / b)),
+            ]);
+        }
+        for p in &python {
+            let f = p.drain.figures(pre.total, p.rows());
+            let reference = python_reference.get_or_insert_with(|| (p.counts.clone(), p.positions));
+            let same = reference.0 == p.counts && reference.1 == p.positions;
+            if !same {
+                eprintln!(
+                    "sink run {rep}: python with {} processes left {:?} ({} records), the first \
+                     run {:?} ({} records)",
+                    p.processes, p.counts, p.positions, reference.0, reference.1
+                );
+            }
+            let mut row = vec![
+                rep.to_string(),
+                p.processes.to_string(),
+                thousands(f.updates_per_second()),
+                thousands(f.rows_per_second()),
+                format!("{:.1}", p.drain.startup_seconds),
+                format!("{:.1}", f.per_million_updates(f.client_cpu)),
+                format!("{:.1}", f.per_million_updates(f.pg_cpu)),
+            ];
+            row.extend(p.counts.iter().map(|(_, n)| thousands(*n as f64)));
+            row.push(format!(
+                "{} of {}",
+                thousands(p.positions as f64),
+                thousands(pre.total as f64)
+            ));
+            row.push(if same { "yes" } else { "NO" }.to_owned());
+            python_table.row(row);
+        }
+        let ceiling_figures = ceiling.map(ideal_figures);
+        let mut systems = vec![("tgingest".to_owned(), sink_figures)];
+        if let Some(l) = ceiling {
+            systems.push((
+                format!("ideal ceiling ({} conn)", l.connections),
+                ideal_figures(l),
+            ));
+        }
+        if let Some(p) = python_best {
+            systems.push((
+                format!("Python best ({} proc)", p.processes),
+                p.drain.figures(pre.total, p.rows()),
+            ));
+        }
+        for (name, f) in systems {
+            efficiency.row(vec![
+                rep.to_string(),
+                name,
+                thousands(f.updates_per_second()),
+                thousands(f.rows_per_second()),
+                format!("{:.2}", f.rows / f.updates.max(1.0)),
+                format!("{:.1}", f.per_million_updates(f.client_cpu)),
+                format!("{:.1}", f.per_million_updates(f.pg_cpu)),
+                format!("{:.1}", f.per_million_updates(f.cpu())),
+                format!("{:.1}", f.per_million_rows(f.cpu())),
+                or_na(ceiling_figures, |c| {
+                    format!(
+                        "{:.2}×",
+                        f.per_million_rows(f.cpu()) / c.per_million_rows(c.cpu())
+                    )
+                }),
+            ]);
+        }
         eprintln!(
-            "sink run {rep}: tgingest {:.0}/s, ideal {:.0}/s, broker {:.0}/s{}",
+            "sink run {rep}: tgingest {:.0}/s, ideal ceiling {}, broker {:.0}/s{}",
             sink.rate(),
-            ideal_rate,
+            or_na(ceiling, |l| format!("{:.0}/s", rate(ideal_figures(l)))),
             broker_rate,
-            python.map_or(String::new(), |p| format!(", python {:.0}/s", p.rate()))
+            or_na(python_best, |p| format!(
+                ", python best {:.0}/s",
+                p.drain.rate()
+            ))
         );
     }
-    table.print();
     println!(
-        "Rows written by tgingest (run 1), also the rows of the ideal load ({transactions} transactions):\n"
+        "Each system against the ceilings, same run (order alternates between runs; the ideal \
+         ceiling is the best connection count, Python's figure its best process count):\n"
+    );
+    summary.print();
+    println!(
+        "Ideal load of tgingest's rows by parallel connections (partition p on connection p mod N):\n"
+    );
+    ideal_table.print();
+    if settings.python.is_some() {
+        println!(
+            "Python consumer group by processes (rows counted after each run; a process count \
+             that lost or duplicated records would not leave the first run's rows; exact \
+             redeliveries share an update id, so raw_updates holds fewer rows than records):\n"
+        );
+        python_table.print();
+    }
+    println!(
+        "Efficiency: CPU of the system's processes (client) and of the whole PostgreSQL server \
+         over the measured window, per million updates and per million rows written:\n"
+    );
+    efficiency.print();
+    let transactions = ideal_rows.as_ref().map_or(0, |r| r.transactions());
+    println!(
+        "Rows written by tgingest (every run), also the rows of the ideal load ({transactions} \
+         batch transactions):\n"
     );
     rows_table.print();
-    Ok(())
-}
-
-/// The `scaling` benchmark: one topic each with 1, 2 and 4 partitions (so 1, 2 and 4 partition
-/// workers), the same per-partition volume each (weak scaling), `repeat` times.
-pub async fn scaling(
-    seed: u64,
-    per_partition_budget: usize,
-    repeat: usize,
-    log_dir: &Path,
-) -> anyhow::Result<()> {
-    println!("### Scaling (partition workers = partitions; same bytes per partition)\n");
-    let mut table = Table::new(&[
-        "partitions (workers)",
-        "run",
-        "load (1/5/15 min)",
-        "records",
-        "broker drain upd/s",
-        "tgingest upd/s",
-        "CPU-s/M upd",
-        "PG CPU-s/M upd",
-        "speed-up vs 1",
-    ]);
-    let mut base: Option<f64> = None;
-    for partitions in [1, 2, 4] {
-        let pre = preload_topic(
-            seed,
-            400_000,
-            partitions,
-            per_partition_budget,
-            kafka::WhenFull::Stop,
-        )
-        .await?;
-        let bootstrap = pre.broker.bootstrap_servers().to_owned();
-        for rep in 1..=repeat {
-            let load = procstat::load_average();
-            let broker_seconds =
-                kafka::broker_drain_seconds(&bootstrap, &pre.topic, partitions, pre.total)?;
-            let db = pg::create().await?;
-            let drain = drain_with_tgingest(
-                &bootstrap,
-                &pre.topic,
-                &format!("bench-scaling-{partitions}-{rep}"),
-                &db,
-                pre.total,
-                &[],
-                &log_dir.join("scaling-tgingest.log"),
-            )
-            .await;
-            db.drop_database().await?;
-            let drain = drain?;
-            // Relative to the first one-partition run.
-            let speedup = drain.rate() / *base.get_or_insert(drain.rate());
-            table.row(vec![
-                partitions.to_string(),
-                rep.to_string(),
-                load,
-                pre.total.to_string(),
-                thousands(pre.total as f64 / broker_seconds),
-                thousands(drain.rate()),
-                format!("{:.1}", drain.cpu_per_million()),
-                format!("{:.1}", drain.pg_cpu_per_million()),
-                format!("{speedup:.2}×"),
-            ]);
-            eprintln!(
-                "scaling {partitions} partitions run {rep}: {:.0}/s",
-                drain.rate()
-            );
-        }
-    }
-    table.print();
     Ok(())
 }
