@@ -60,18 +60,7 @@ fn record(offset: i64, payload: Vec<u8>, extra_headers: &[(&str, &str)]) -> Cons
 }
 
 fn manifest(records: &[ConsumedRecord]) -> Vec<ProducedRecord> {
-    records
-        .iter()
-        .map(|r| ProducedRecord {
-            topic: r.topic.clone(),
-            topic_incarnation: 0,
-            partition: r.partition,
-            offset: r.offset,
-            key: r.key.clone(),
-            value: r.payload.clone(),
-            headers: r.headers.clone(),
-        })
-        .collect()
+    records.iter().map(ProducedRecord::from).collect()
 }
 
 /// Writes `records` (offsets 0..n of partition 0) through the consumer's batch writer.

@@ -393,18 +393,7 @@ async fn consume(pool: &PgPool, group: &str, records: &[ConsumedRecord]) {
 }
 
 fn manifest_of(records: &[ConsumedRecord]) -> Vec<ProducedRecord> {
-    records
-        .iter()
-        .map(|r| ProducedRecord {
-            topic: r.topic.clone(),
-            topic_incarnation: 0,
-            partition: r.partition,
-            offset: r.offset,
-            key: r.key.clone(),
-            value: r.payload.clone(),
-            headers: r.headers.clone(),
-        })
-        .collect()
+    records.iter().map(ProducedRecord::from).collect()
 }
 
 #[tokio::test]

@@ -43,6 +43,21 @@ pub struct ProducedRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+impl From<&consumer::record::ConsumedRecord> for ProducedRecord {
+    /// The record as read back from the topic, in topic incarnation 0.
+    fn from(r: &consumer::record::ConsumedRecord) -> Self {
+        Self {
+            topic: r.topic.clone(),
+            topic_incarnation: 0,
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.clone(),
+            value: r.payload.clone(),
+            headers: r.headers.clone(),
+        }
+    }
+}
+
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {

@@ -361,20 +361,19 @@ async fn broker_outage(
     // answer, or be wedged by its storage panic: the read is retried for up to 90 s (the producer
     // stays paused meanwhile), restarting a wedged broker.
     let mut recovered = 0;
-    let reading = Instant::now();
-    let ends = loop {
-        match p.quiet_watermarks().await {
-            Err(e) if reading.elapsed() < Duration::from_secs(90) => {
-                eprintln!("reading the watermarks before an outage: {e:#}; trying again");
-                match restart_if_wedged(p).await {
-                    Ok(n) => recovered += n,
-                    Err(e) => break Err(e),
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            ends => break ends,
-        }
-    };
+    let mut ends = Vec::new();
+    let read = within_on_tansu(
+        p,
+        &mut recovered,
+        Duration::from_secs(90),
+        "the watermarks were read before an outage",
+        async || {
+            ends = p.quiet_watermarks().await?;
+            Ok(true)
+        },
+    )
+    .await;
+    let ends = read.map(|()| ends);
     let before = p.confirmed_offsets();
     let went_down = match down {
         Down::Killed => p.broker.set_available(false).await,
@@ -803,6 +802,34 @@ async fn restart_if_wedged(p: &Pipeline) -> anyhow::Result<usize> {
         p.broker.set_available(true).await?;
     }
     Ok(usize::from(wedged))
+}
+
+/// Waits until `check` holds, for at most `bound`, on a broker that may wedge: between attempts a broker wedged by its storage panic is restarted and
+/// counted in `restarts` ([`restart_if_wedged`]), and a check that failed (the broker away)
+/// is tried again until `bound`.
+pub(crate) async fn within_on_tansu<F>(
+    p: &Pipeline,
+    restarts: &mut usize,
+    bound: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: AsyncFnMut() -> anyhow::Result<bool>,
+{
+    let since = Instant::now();
+    loop {
+        *restarts += restart_if_wedged(p).await?;
+        let last = check().await;
+        if matches!(last, Ok(true)) {
+            return Ok(());
+        }
+        if since.elapsed() >= bound {
+            let last = last.map_or_else(|e| format!("{e:#}"), |_| "not yet".to_owned());
+            anyhow::bail!("{what} within {bound:?} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -18,7 +18,7 @@ use testkit::BrokerKind;
 
 use crate::pipeline::{Database, Intake, Pipeline, Spec};
 use crate::special::Special;
-use crate::{Scale, feeding, mock_broker, run};
+use crate::{Scale, feeding, mock_broker, run, within_on_tansu};
 
 /// The mock cluster (hosted in a helper process), for scenarios that take the broker down or move
 /// its leaders: an external broker cannot be controlled by a test (`scripts/test` excludes these
@@ -642,34 +642,6 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
-}
-
-/// [`within`] on Tansu: between attempts a broker wedged by its storage panic is restarted and
-/// counted in `restarts` ([`crate::restart_if_wedged`]), and a check that failed (the broker away)
-/// is tried again until `bound`.
-async fn within_on_tansu<F>(
-    p: &Pipeline,
-    restarts: &mut usize,
-    bound: Duration,
-    what: &str,
-    mut check: F,
-) -> anyhow::Result<()>
-where
-    F: AsyncFnMut() -> anyhow::Result<bool>,
-{
-    let since = Instant::now();
-    loop {
-        *restarts += crate::restart_if_wedged(p).await?;
-        let last = check().await;
-        if matches!(last, Ok(true)) {
-            return Ok(());
-        }
-        if since.elapsed() >= bound {
-            let last = last.map_or_else(|e| format!("{e:#}"), |_| "not yet".to_owned());
-            anyhow::bail!("{what} within {bound:?} (last: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The group's open log anomalies on the pipeline's topic: (partition, kind).
