@@ -183,7 +183,8 @@ const STAGING_DDL: &str = "CREATE UNLOGGED TABLE raw_updates_staging ( \
 fn raw_insert(from: &str, order: &str) -> String {
     consumer::writer::raw_upsert_sql(
         &format!("{from},"),
-        &format!("u {order}"),
+        "u",
+        order,
         consumer::writer::RawShared {
             topic: "$1",
             partition: "$2",

@@ -10,6 +10,9 @@
 //! ```sql
 //! INSERT INTO t AS t (c…, processor_version)
 //! SELECT CAST(u.c AS type)…, $n FROM UNNEST($1::bigint[], …) AS u(c…)
+//! WHERE NOT EXISTS (SELECT 1 FROM t AS cur WHERE cur.key… = u.key…
+//!     AND (cur.src_epoch, cur.src_update_id, cur.processor_version)
+//!         >= (u.src_epoch, u.src_update_id, $n))
 //! ON CONFLICT (key…) DO UPDATE SET c = EXCLUDED.c…
 //! WHERE (EXCLUDED.src_epoch, EXCLUDED.src_update_id, EXCLUDED.processor_version)
 //!     > (t.src_epoch, t.src_update_id, t.processor_version)
@@ -28,7 +31,12 @@
 //! (src_epoch, src_update_id)) so no statement touches a row twice (SQLSTATE 21000), and sorted
 //! by key so concurrent batches lock shared rows (users, chats) in the same order; tables are
 //! written in the fixed order of [`ProjectionTable::ALL`]. Equal input rewrites nothing; older
-//! input never regresses a row.
+//! input never regresses a row. A row the guard would refuse is filtered out before the insert
+//! (`NOT EXISTS` against the committed row), because `ON CONFLICT DO UPDATE … WHERE` locks the
+//! conflicting row even when its `WHERE` refuses: so a replay of unchanged or older updates takes
+//! no row lock, writes no lock into the heap, and never waits for a busy shared row (a chat or a
+//! user every partition writes). The guard stays in `ON CONFLICT` for the row a concurrent
+//! transaction commits between the filter and the insert.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -464,13 +472,30 @@ impl TableStatement {
             .collect::<Vec<_>>()
             .join(", ");
         let key_list = key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
+        let cast = |column: &str| {
+            format!(
+                "CAST(u.{} AS {})",
+                quote(column),
+                types.get(column).copied().unwrap_or("text")
+            )
+        };
+        let stored_key = key
+            .iter()
+            .map(|k| format!("cur.{} = {}", quote(k), cast(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let sql = format!(
             "INSERT INTO {table} AS t ({column_list}, processor_version) \
              SELECT {select}, ${version_param}::integer FROM UNNEST({unnest}) AS u({column_list}) \
+             WHERE NOT EXISTS (SELECT 1 FROM {table} AS cur WHERE {stored_key} \
+                 AND (cur.src_epoch, cur.src_update_id, cur.processor_version) \
+                     >= ({epoch}, {update_id}, ${version_param}::integer)) \
              ON CONFLICT ({key_list}) DO UPDATE SET {updates} \
              WHERE (EXCLUDED.src_epoch, EXCLUDED.src_update_id, EXCLUDED.processor_version) \
                  > (t.src_epoch, t.src_update_id, t.processor_version)",
             table = quote(table.name()),
+            epoch = cast("src_epoch"),
+            update_id = cast("src_update_id"),
         );
         // Positional names: a key column may itself be src_update_id (history tables).
         let mut using = String::new();
@@ -714,6 +739,15 @@ mod tests {
                 "UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])"
             ),
             "{sql}"
+        );
+        assert!(
+            sql.contains(
+                "WHERE NOT EXISTS (SELECT 1 FROM \"users\" AS cur WHERE \
+                 cur.\"bot_id\" = CAST(u.\"bot_id\" AS bigint) AND cur.\"user_id\" = CAST(u.\"user_id\" AS bigint) \
+                 AND (cur.src_epoch, cur.src_update_id, cur.processor_version) \
+                 >= (CAST(u.\"src_epoch\" AS bigint), CAST(u.\"src_update_id\" AS bigint), $7::integer))"
+            ),
+            "the guard's refusals are filtered before the insert, so they lock nothing: {sql}"
         );
     }
 

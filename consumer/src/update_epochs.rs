@@ -19,7 +19,10 @@
 //! happens only when an epoch opens or a bot is first seen, or an epoch's last receive time moved
 //! by more than [`LAST_RECEIVED_SLACK_MS`], so the per-bot rows are not a hot spot that every
 //! partition's batch locks; concurrent writers agree, since an opened epoch is always "the newest
-//! read + 1" and starts and last receive times merge with LEAST / GREATEST. The written rows are
+//! read + 1" and starts and last receive times merge with LEAST / GREATEST. A row that already
+//! holds what the write would merge into it is filtered out before the insert, so a worker that
+//! read a stale row takes no lock on it (`ON CONFLICT DO UPDATE … WHERE` locks even a row its
+//! `WHERE` refuses). The written rows are
 //! sorted by key and are the first rows a batch locks (before `raw_updates`), so they keep the
 //! writers' fixed lock order.
 
@@ -166,6 +169,10 @@ pub async fn assign(
                     to_timestamp(u.last_ms / 1000.0) \
              FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
                   AS u(bot_id, epoch, started_ms, last_ms) \
+             WHERE NOT EXISTS (SELECT 1 FROM bot_update_epochs AS cur \
+                 WHERE cur.bot_id = u.bot_id AND cur.epoch = u.epoch \
+                   AND cur.started_at <= to_timestamp(u.started_ms / 1000.0) \
+                   AND cur.last_received_at >= to_timestamp(u.last_ms / 1000.0)) \
              ON CONFLICT (bot_id, epoch) DO UPDATE \
                  SET started_at = LEAST(e.started_at, EXCLUDED.started_at), \
                      last_received_at = GREATEST(e.last_received_at, EXCLUDED.last_received_at) \

@@ -539,6 +539,63 @@ async fn after_an_update_id_restart_the_new_epoch_wins_and_old_copies_never_beat
     assert_eq!(epochs, [(5, 1), (1_000, 0), (1_001, 0)]);
 }
 
+#[tokio::test]
+async fn a_batch_that_changes_nothing_takes_no_row_lock_so_it_never_waits_on_a_hot_row() {
+    let db = TestDb::create().await.unwrap();
+    let w = writer(db.pool(), 1).await;
+    let t = RECEIVED_AT_MS;
+    let stored = [
+        (message(10, -100, 42, 1, 1_760_000_000, "hi"), t),
+        (callback_query(11, "cb1", 42, "New", -100, 1, "a"), t),
+    ];
+    apply(db.pool(), &w, &stored, 2).await;
+
+    // Another transaction (another partition's worker, a vacuum, an operator) holds every stored
+    // row: users, chats, messages, callback queries, raw payloads, the bot's epochs.
+    let mut holder = db.pool().begin().await.unwrap();
+    let mut tables: Vec<&str> = consumer::projection::ProjectionTable::ALL
+        .iter()
+        .map(|t| t.name())
+        .collect();
+    tables.extend(["raw_updates", "bot_update_epochs"]);
+    for table in &tables {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM {table} FOR UPDATE"
+        )))
+        .fetch_all(&mut *holder)
+        .await
+        .unwrap();
+    }
+
+    // A replay of the stored updates, unchanged, and an older update of the same user and chat:
+    // the guard refuses every stored row, so the batch must not wait for the holder.
+    let mut owner = own(db.pool()).await;
+    let replay = [
+        record_received_at(owner.next_offset, stored[0].0.clone(), t),
+        record_received_at(owner.next_offset + 1, stored[1].0.clone(), t),
+        record_received_at(
+            owner.next_offset + 2,
+            callback_query(9, "cb0", 42, "Old", -100, 1, "b"),
+            t,
+        ),
+    ];
+    let written = tokio::time::timeout(Duration::from_secs(5), w.write(&mut owner, &replay))
+        .await
+        .expect("a batch that changes no stored row waited for another transaction's row lock")
+        .unwrap();
+    assert_eq!(written.records, 3);
+    holder.rollback().await.unwrap();
+    assert_eq!(user_name(db.pool()).await, "New");
+    assert_eq!(
+        count(db.pool(), "SELECT count(*) FROM raw_updates").await,
+        3
+    );
+    assert_eq!(
+        count(db.pool(), "SELECT count(*) FROM callback_queries").await,
+        2
+    );
+}
+
 /// Every projection table's content, as text, in key order (updated_at excluded: it records when,
 /// not what).
 async fn projection_state(pool: &PgPool) -> Vec<String> {

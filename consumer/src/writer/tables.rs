@@ -62,9 +62,14 @@ pub struct RawShared<'a> {
 /// ([`crate::raw_counts`]); yields how many rows it inserted or raised the processor version of.
 /// The rows come from `source`, a FROM item named `u` with the columns (bot_id, update_id, sha,
 /// update_type, bytes, jsonb_ok, received_ms, kafka_offset, ts_ms, update_epoch, scrubbed), in
-/// key order; `ctes` is empty or common table expressions `source` reads, each followed by a
-/// comma. The one statement shape the writer runs (and the benchmarks compare against).
-pub fn raw_upsert_sql(ctes: &str, source: &str, shared: RawShared<'_>) -> String {
+/// key order (or put in it by `order`, empty or an ORDER BY clause); `ctes` is empty or common
+/// table expressions `source` reads, each followed by a comma. The one statement shape the
+/// writer runs (and the benchmarks compare against).
+///
+/// A row already stored with the same or a newer processor version is filtered out before the
+/// insert (`NOT EXISTS`): `ON CONFLICT DO UPDATE … WHERE` would lock it, and parse its jsonb
+/// copy, even though its `WHERE` refuses, so a replay of stored updates writes nothing at all.
+pub fn raw_upsert_sql(ctes: &str, source: &str, order: &str, shared: RawShared<'_>) -> String {
     let RawShared {
         topic,
         partition,
@@ -84,6 +89,10 @@ pub fn raw_upsert_sql(ctes: &str, source: &str, shared: RawShared<'_>) -> String
                     to_timestamp(u.ts_ms / 1000.0), {processor_version}, u.update_epoch, \
                     {topic_incarnation}, CASE WHEN u.scrubbed THEN now() END \
              FROM {source} \
+             WHERE NOT EXISTS (SELECT 1 FROM raw_updates AS cur \
+                 WHERE cur.bot_id = u.bot_id AND cur.update_id = u.update_id \
+                   AND cur.payload_sha256 = u.sha \
+                   AND cur.processor_version >= {processor_version}) {order} \
              ON CONFLICT (bot_id, update_id, payload_sha256) DO UPDATE \
                  SET processor_version = EXCLUDED.processor_version \
                  WHERE EXCLUDED.processor_version > r.processor_version"
@@ -422,6 +431,7 @@ impl<'a> RecordWriter<'a> {
                         $13::bigint[], $15::boolean[]) \
                  AS u(bot_id, update_id, sha, update_type, bytes, jsonb_ok, received_ms, \
                       kafka_offset, ts_ms, update_epoch, scrubbed)",
+                "",
                 RawShared {
                     topic: "$10",
                     partition: "$11",
