@@ -4,7 +4,8 @@
 //! the same run on the same machine, with the load average at measurement time; `all` runs
 //! everything. The sink is compared with honest ceilings: the ideal COPY of its rows over 1–8
 //! parallel connections and a Python consumer group of 1–4 processes, with client and
-//! PostgreSQL CPU per million updates and rows (`sink`). `write-path` compares statement shapes
+//! PostgreSQL CPU per million updates and rows (`sink`, on the realistic mix and on a mix with
+//! the same count of every update kind: `--mix even`). `write-path` compares statement shapes
 //! of the consumer's batch writer on the same prepared batches, without a broker. `catchup`
 //! drains the largest backlog the mock cluster holds, first into an empty database and again
 //! after a replay into the one holding it; `growth` measures the sink on databases preloaded
@@ -37,6 +38,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use workload::Mix;
 
 #[derive(Debug, Parser)]
 #[command(name = "tgingest-bench", about = "tgingest benchmarks")]
@@ -81,6 +83,9 @@ struct SinkArgs {
     /// Processes of the Python consumer group, each count measured (its figure is the best).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     python_processes: Vec<usize>,
+    /// How the topic's updates spread over the update kinds.
+    #[arg(long, value_enum, default_value_t = Mix::Realistic)]
+    mix: Mix,
 }
 
 #[derive(Debug, clap::Args, Clone)]
@@ -253,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
         tcp_comparison: args.tcp_comparison,
         ideal_connections: args.ideal_connections,
         python_processes: args.python_processes,
+        mix: args.mix,
     };
     let catchup_settings = |args: CatchupArgs| catchup::CatchupSettings {
         partitions: args.partitions,
@@ -349,17 +355,21 @@ async fn main() -> anyhow::Result<()> {
             partitions,
         } => status::run(stored, bots, partitions, cli.repeat.max(3)).await?,
         Command::All { ref python } => {
-            sink::run(&sink_settings(SinkArgs {
-                updates: 200_000,
-                partitions: 64,
-                partition_budget: 12_000_000,
-                batch: 1000,
-                python: python.clone(),
-                tcp_comparison: true,
-                ideal_connections: IDEAL_CONNECTIONS.to_vec(),
-                python_processes: PYTHON_PROCESSES.to_vec(),
-            }))
-            .await?;
+            for mix in [Mix::Realistic, Mix::Even] {
+                sink::run(&sink_settings(SinkArgs {
+                    updates: 200_000,
+                    partitions: 64,
+                    partition_budget: 12_000_000,
+                    batch: 1000,
+                    python: python.clone(),
+                    tcp_comparison: mix == Mix::Realistic,
+                    ideal_connections: IDEAL_CONNECTIONS.to_vec(),
+                    python_processes: PYTHON_PROCESSES.to_vec(),
+                    mix,
+                }))
+                .await?;
+            }
+            write_path::run(40_000, 1000, 2, cli.repeat, cli.seed).await?;
             scaling::run(&scaling::ScalingSettings {
                 partitions: vec![1, 12, 48],
                 processes: vec![1, 2, 4],

@@ -44,7 +44,7 @@ use crate::kafka;
 use crate::pg;
 use crate::procstat;
 use crate::report::{Table, thousands};
-use crate::workload::{Workload, WorkloadConfig, WorkloadProfile};
+use crate::workload::{Mix, Workload, WorkloadConfig, WorkloadProfile};
 
 /// Every table tgingest writes rows into for an update: raw updates and the projection registry.
 pub fn data_tables() -> Vec<&'static str> {
@@ -73,6 +73,8 @@ pub struct SinkSettings {
     pub ideal_connections: Vec<usize>,
     /// Process counts of the Python consumer group.
     pub python_processes: Vec<usize>,
+    /// How the topic's updates spread over the update kinds.
+    pub mix: Mix,
 }
 
 /// One drain of a topic by a system under test.
@@ -529,8 +531,21 @@ pub async fn preload_topic(
     budget: usize,
     when_full: kafka::WhenFull,
 ) -> anyhow::Result<Preloaded> {
+    preload_mix(seed, Mix::Realistic, updates, partitions, budget, when_full).await
+}
+
+/// [`preload_topic`] of a workload with the given kind mix.
+pub async fn preload_mix(
+    seed: u64,
+    mix: Mix,
+    updates: usize,
+    partitions: i32,
+    budget: usize,
+    when_full: kafka::WhenFull,
+) -> anyhow::Result<Preloaded> {
     let workload = Workload::new(&WorkloadConfig {
         seed,
+        mix,
         ..WorkloadConfig::default()
     })?
     .batch(updates);
@@ -591,8 +606,9 @@ fn or_na<T>(value: Option<T>, show: impl Fn(T) -> String) -> String {
 /// consumer group, `repeat` times, alternating the order.
 pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
     let started = Instant::now();
-    let pre = preload_topic(
+    let pre = preload_mix(
         settings.seed,
+        settings.mix,
         settings.updates,
         settings.partitions,
         settings.partition_budget_bytes,
@@ -601,7 +617,11 @@ pub async fn run(settings: &SinkSettings) -> anyhow::Result<()> {
     .await?;
     let bootstrap = pre.broker.bootstrap_servers().to_owned();
     println!(
-        "### Sink ({} records, {} partitions, {:.0} MB, preloaded in {:.1} s)\n",
+        "### Sink, {} mix ({} records, {} partitions, {:.0} MB, preloaded in {:.1} s)\n",
+        match settings.mix {
+            Mix::Realistic => "realistic",
+            Mix::Even => "even (every update kind the same count)",
+        },
         pre.total,
         pre.partitions,
         pre.bytes as f64 / 1e6,

@@ -46,7 +46,44 @@ pub struct WorkloadConfig {
     pub duplicate_per_mille: u32,
     /// The first update id.
     pub first_update_id: i64,
+    /// How the updates spread over the update kinds.
+    pub mix: Mix,
 }
+
+/// How a stream spreads over the update kinds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// As the communities emit them: mostly messages (about 60%), then reactions, edits, poll
+    /// answers, member changes, callbacks, channel posts…
+    #[default]
+    Realistic,
+    /// Every kind the generator emits in turn, the same count of each ([`EVEN_KINDS`]); the
+    /// communities' updates of a kind not yet due wait (at most [`EVEN_STASH`] per kind, the rest
+    /// are skipped, so some edits and answers refer to messages and polls never emitted).
+    Even,
+}
+
+/// The kinds an [`Mix::Even`] stream rotates through: every kind the traffic generator emits,
+/// its not-yet-known kind included.
+pub const EVEN_KINDS: &[&str] = &[
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "message_reaction",
+    "message_reaction_count",
+    "chat_member",
+    "poll",
+    "poll_answer",
+    "callback_query",
+    botsim::traffic::UNKNOWN_KIND,
+];
+
+/// Updates of one kind an even stream keeps waiting for their turn.
+const EVEN_STASH: usize = 4096;
+
+/// Draws without meeting a kind after which an even stream skips that kind's turn.
+const EVEN_GIVE_UP: usize = 1_000_000;
 
 impl Default for WorkloadConfig {
     fn default() -> Self {
@@ -58,6 +95,7 @@ impl Default for WorkloadConfig {
             text_sigma: 1.0,
             duplicate_per_mille: 10,
             first_update_id: 700_000_000,
+            mix: Mix::Realistic,
         }
     }
 }
@@ -107,6 +145,10 @@ pub struct Workload {
     next_update_id: i64,
     recent: VecDeque<Vec<u8>>,
     seed: u64,
+    mix: Mix,
+    /// Even mix: the next kind's index in [`EVEN_KINDS`], and the updates waiting per kind.
+    turn: usize,
+    stash: std::collections::HashMap<String, VecDeque<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Workload {
@@ -150,6 +192,9 @@ impl Workload {
             next_update_id: config.first_update_id,
             recent: VecDeque::with_capacity(1000),
             seed: config.seed,
+            mix: config.mix,
+            turn: 0,
+            stash: std::collections::HashMap::new(),
         })
     }
 
@@ -159,8 +204,10 @@ impl Workload {
             let i = self.rng.random_range(0..self.recent.len());
             return self.recent[i].clone();
         }
-        let community = self.pick.sample(&mut self.rng);
-        let raw = self.communities[community].next_update();
+        let raw = match self.mix {
+            Mix::Realistic => self.draw(),
+            Mix::Even => self.draw_even(),
+        };
         let id = self.next_update_id;
         self.next_update_id += 1;
         let update = self.pad_text(&raw, id).unwrap_or_else(|| restamp(&raw, id));
@@ -169,6 +216,35 @@ impl Workload {
         }
         self.recent.push_back(update.clone());
         update
+    }
+
+    /// The next update of a community picked by weight.
+    fn draw(&mut self) -> Vec<u8> {
+        let community = self.pick.sample(&mut self.rng);
+        self.communities[community].next_update()
+    }
+
+    /// The next update of the kind whose turn it is (skipping a kind the communities stopped
+    /// emitting).
+    fn draw_even(&mut self) -> Vec<u8> {
+        loop {
+            let want = EVEN_KINDS[self.turn % EVEN_KINDS.len()];
+            self.turn += 1;
+            if let Some(raw) = self.stash.get_mut(want).and_then(VecDeque::pop_front) {
+                return raw;
+            }
+            for _ in 0..EVEN_GIVE_UP {
+                let raw = self.draw();
+                let kind = kind_of(&raw).unwrap_or_default();
+                if kind == want {
+                    return raw;
+                }
+                let waiting = self.stash.entry(kind).or_default();
+                if waiting.len() < EVEN_STASH {
+                    waiting.push_back(raw);
+                }
+            }
+        }
     }
 
     /// `n` updates.
@@ -215,6 +291,15 @@ impl Workload {
         object.insert("update_id".to_owned(), Value::from(id));
         serde_json::to_vec(&update).ok()
     }
+}
+
+/// The update's kind: its one key besides `update_id`.
+pub fn kind_of(raw: &[u8]) -> Option<String> {
+    let update: serde_json::Map<String, Value> = serde_json::from_slice(raw).ok()?;
+    update
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k != "update_id")
 }
 
 /// Replaces the leading `{"update_id":N` of generator output with `id`, keeping every other byte.
@@ -357,6 +442,25 @@ mod tests {
             .collect();
         let expected: Vec<i64> = (0..300).map(|i| config.first_update_id + i).collect();
         assert_eq!(ids, expected);
+    }
+
+    #[test]
+    fn an_even_stream_has_the_same_count_of_every_kind() {
+        let config = WorkloadConfig {
+            duplicate_per_mille: 0,
+            mix: Mix::Even,
+            ..WorkloadConfig::default()
+        };
+        let updates = Workload::new(&config)
+            .expect("valid config")
+            .batch(11 * 300);
+        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+        for raw in &updates {
+            *counts.entry(kind_of(raw).expect("a kind")).or_default() += 1;
+        }
+        let expected: std::collections::BTreeMap<String, usize> =
+            EVEN_KINDS.iter().map(|k| ((*k).to_owned(), 300)).collect();
+        assert_eq!(counts, expected);
     }
 
     #[test]
