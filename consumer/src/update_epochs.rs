@@ -169,10 +169,10 @@ pub async fn assign(
                     to_timestamp(u.last_ms / 1000.0) \
              FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
                   AS u(bot_id, epoch, started_ms, last_ms) \
-             WHERE NOT EXISTS (SELECT 1 FROM bot_update_epochs AS cur \
-                 WHERE cur.bot_id = u.bot_id AND cur.epoch = u.epoch \
-                   AND cur.started_at <= to_timestamp(u.started_ms / 1000.0) \
-                   AND cur.last_received_at >= to_timestamp(u.last_ms / 1000.0)) \
+             WHERE (SELECT cur.started_at <= to_timestamp(u.started_ms / 1000.0) \
+                       AND cur.last_received_at >= to_timestamp(u.last_ms / 1000.0) \
+                 FROM bot_update_epochs AS cur \
+                 WHERE cur.bot_id = u.bot_id AND cur.epoch = u.epoch) IS NOT TRUE \
              ON CONFLICT (bot_id, epoch) DO UPDATE \
                  SET started_at = LEAST(e.started_at, EXCLUDED.started_at), \
                      last_received_at = GREATEST(e.last_received_at, EXCLUDED.last_received_at) \
