@@ -956,7 +956,9 @@ async fn backlog_over_48_partitions_after_a_consumer_outage_drains_fairly() {
             let mut epoch: Vec<Option<i64>> = vec![None; PARTITIONS as usize];
             let mut taken_at = vec![0.0; PARTITIONS as usize];
             let mut handed_over = 0;
-            let mut start_share: Vec<Option<f64>> = vec![None; PARTITIONS as usize];
+            // Per partition: (share stored when the owner of its first batch took it, share
+            // stored from then until that batch).
+            let mut start_share: Vec<Option<(f64, f64)>> = vec![None; PARTITIONS as usize];
             for (partition, next_offset, owner_epoch) in log {
                 let i = partition as usize;
                 let done: i64 = stored.iter().zip(&stopped).map(|(s, from)| s - from).sum();
@@ -969,14 +971,18 @@ async fn backlog_over_48_partitions_after_a_consumer_outage_drains_fairly() {
                     taken_at[i] = share;
                 }
                 if next_offset > stored[i] && start_share[i].is_none() {
-                    start_share[i] = Some(share - taken_at[i]);
+                    start_share[i] = Some((taken_at[i], share - taken_at[i]));
                 }
                 stored[i] = stored[i].max(next_offset);
             }
-            let (latest, share) = (0..PARTITIONS as usize)
-                .filter(|&i| backlog[i] > 0)
-                .map(|i| (i, start_share[i].unwrap_or(1.0)))
-                .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+            let starts = || {
+                (0..PARTITIONS as usize)
+                    .filter(|&i| backlog[i] > 0)
+                    .map(|i| (i, start_share[i].unwrap_or((0.0, 1.0))))
+            };
+            let (latest, (taken, share)) =
+                starts().fold((0, (0.0, 0.0)), |a, b| if b.1.1 > a.1.1 { b } else { a });
+            let last_taken = starts().map(|(_, (taken, _))| taken).fold(0.0, f64::max);
             anyhow::ensure!(
                 share <= MAX_START_SHARE,
                 "partition {latest} (backlog {}) had its first batch stored only after {:.0}% of \
@@ -984,18 +990,20 @@ async fn backlog_over_48_partitions_after_a_consumer_outage_drains_fairly() {
                  {:.0}% allowed; {handed_over} partitions changed owner before their first batch)",
                 backlog[latest],
                 share * 100.0,
-                taken_at[latest] * 100.0,
+                taken * 100.0,
                 MAX_START_SHARE * 100.0
             );
             Ok(format!(
                 "consumers stopped during traffic; {total} records piled up over {loaded} of \
                  {PARTITIONS} partitions ({} to {} each) before 2 consumers restarted; every \
                  partition's first batch was stored before {:.0}% of the backlog was after its \
-                 owner took it (the latest: partition {latest}); {handed_over} partitions changed \
-                 owner before their first batch",
+                 owner took it (the latest: partition {latest}); the last owner took its \
+                 partition after {:.0}% was stored; {handed_over} partitions changed owner before \
+                 their first batch",
                 backlog.iter().filter(|&&n| n > 0).min().unwrap_or(&0),
                 backlog.iter().max().unwrap_or(&0),
-                share * 100.0
+                share * 100.0,
+                last_taken * 100.0
             ))
         },
     )
