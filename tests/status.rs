@@ -128,13 +128,7 @@ async fn broker_status_json_matches_the_state_the_test_built() {
         ("DATABASE_URL", db.url()),
         ("KAFKA_BROKERS", broker.bootstrap_servers()),
     ];
-    let base = [
-        "status",
-        "--group",
-        group.as_str(),
-        "--topic",
-        topic.as_str(),
-    ];
+    let base = status_args(&group, &topic);
     let report = status_json(&base, &env);
     let p = |i: usize| &report["partitions"][i];
     assert_eq!(report["partitions"].as_array().unwrap().len(), 4);
@@ -205,13 +199,7 @@ async fn broker_status_shows_the_topic_durability_and_warns_below_three_replicas
         ("DATABASE_URL", db.url()),
         ("KAFKA_BROKERS", broker.bootstrap_servers()),
     ];
-    let base = [
-        "status",
-        "--group",
-        group.as_str(),
-        "--topic",
-        topic.as_str(),
-    ];
+    let base = status_args(&group, &topic);
     let report = status_json(&base, &env);
     let durability = &report["durability"];
     let text_out = tgingest(&base, &env);
@@ -254,24 +242,14 @@ async fn broker_status_shows_the_topic_durability_and_warns_below_three_replicas
 
             let configured = broker.unique_topic("min-insync");
             create_topic_with(&broker, &configured, &[("min.insync.replicas", "1")]).await;
-            let out = tgingest(
-                &[
-                    "status",
-                    "--group",
-                    &group,
-                    "--topic",
-                    &configured,
-                    "--json",
-                ],
-                &env,
-            );
-            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let args = status_args(&group, &configured);
+            let report = status_json(&args, &env);
             assert_eq!(
                 report["durability"]["min_insync_replicas"], 1,
                 "{}",
                 report["durability"]
             );
-            let out = tgingest(&["status", "--group", &group, "--topic", &configured], &env);
+            let out = tgingest(&args, &env);
             let text = String::from_utf8_lossy(&out.stdout);
             assert_eq!(out.status.code(), Some(0), "{text}");
             assert!(
@@ -326,7 +304,11 @@ async fn create_topic_with(broker: &TestBroker, name: &str, configs: &[(&str, &s
 const GOOD_TOKEN: &str = "7100000001:AAHstatusTESTgoodTOKENzzzzzzzzzzzzzzz";
 const REVOKED_TOKEN: &str = "7100000002:AAHstatusTESTrevokedTOKENzzzzzzzzzzzz";
 
-/// GET `url` as JSON; `None` when it cannot be read.
+/// The arguments of `tgingest status` for one group and topic.
+fn status_args<'a>(group: &'a str, topic: &'a str) -> [&'a str; 5] {
+    ["status", "--group", group, "--topic", topic]
+}
+
 /// `tgingest <base> --json`, which must succeed, parsed.
 fn status_json(base: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let out = tgingest(&[base, &["--json"]].concat(), env);
@@ -338,6 +320,7 @@ fn status_json(base: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// GET `url` as JSON; `None` when it cannot be read.
 async fn get_json(url: &str) -> Option<serde_json::Value> {
     reqwest::get(url).await.ok()?.json().await.ok()
 }
@@ -408,16 +391,10 @@ async fn status_shows_each_producer_bot_and_an_unreachable_producer() {
         ("KAFKA_BROKERS", broker.bootstrap_servers()),
     ];
     let base = [
-        "status",
-        "--group",
-        group.as_str(),
-        "--topic",
-        topic.as_str(),
-        "--producer-admin",
-        admin.as_str(),
-        "--producer-admin",
-        unreachable.as_str(),
-    ];
+        &status_args(&group, &topic)[..],
+        &["--producer-admin", &admin, "--producer-admin", &unreachable],
+    ]
+    .concat();
     let never_a_token = |output: &str| {
         for token in [GOOD_TOKEN, REVOKED_TOKEN] {
             let key = token.split_once(':').unwrap().1;
