@@ -953,6 +953,8 @@ async fn backlog_over_48_partitions_after_a_consumer_outage_drains_fairly() {
             .fetch_all(p.pool())
             .await?;
             let mut stored = stopped.clone();
+            // Records of the backlog stored so far.
+            let mut done = 0;
             let mut epoch: Vec<Option<i64>> = vec![None; PARTITIONS as usize];
             let mut taken_at = vec![0.0; PARTITIONS as usize];
             let mut handed_over = 0;
@@ -961,7 +963,6 @@ async fn backlog_over_48_partitions_after_a_consumer_outage_drains_fairly() {
             let mut start_share: Vec<Option<(f64, f64)>> = vec![None; PARTITIONS as usize];
             for (partition, next_offset, owner_epoch) in log {
                 let i = partition as usize;
-                let done: i64 = stored.iter().zip(&stopped).map(|(s, from)| s - from).sum();
                 let share = done as f64 / total as f64;
                 if epoch[i] != Some(owner_epoch) {
                     if epoch[i].is_some() && start_share[i].is_none() {
@@ -973,6 +974,7 @@ async fn backlog_over_48_partitions_after_a_consumer_outage_drains_fairly() {
                 if next_offset > stored[i] && start_share[i].is_none() {
                     start_share[i] = Some((taken_at[i], share - taken_at[i]));
                 }
+                done += (next_offset - stored[i]).max(0);
                 stored[i] = stored[i].max(next_offset);
             }
             let starts = || {
