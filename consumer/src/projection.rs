@@ -41,8 +41,9 @@
 //! probe, whereas a `NOT EXISTS` anti-join was planned as a hash join over a sequential scan of
 //! the whole table while the table was small or its statistics stale. The other tables take no
 //! filter: their rows belong to one update or one chat's history, which only the chat's
-//! partition writes, and a probe per row cost a quarter of the sink's throughput there
-//! (`scripts/bench-quick`, 0.48–0.53× against 0.63–0.69× the ideal without it).
+//! partition writes, and filtering every table cost up to a quarter of the sink's throughput
+//! (`scripts/bench-quick`: `NOT EXISTS` on every table 0.48–0.53× the ideal, the scalar probe on
+//! every table 0.38–0.58×, no filter 0.63–0.69×, this shape 0.66–0.70×).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -502,9 +503,9 @@ impl TableStatement {
             .map(|k| format!("cur.{} = {}", quote(k), cast(k)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        // Shared-state tables only: the probe costs about as much as the insert's own conflict
-        // check, which on the tables written row-per-update (raw payloads, messages) cost a
-        // quarter of the sink's throughput for a lock that no other partition's worker contends.
+        // Shared-state tables only: on the tables written row-per-update (messages and the like)
+        // a probe per row costs about as much as the insert's own conflict check, for a lock no
+        // other partition's worker contends (see the module header for the measurements).
         let filter = if table.shared_state() {
             format!(
                 "WHERE (SELECT (cur.src_epoch, cur.src_update_id, cur.processor_version) \
